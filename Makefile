@@ -1,0 +1,29 @@
+# Two commands on a fresh clone with only Python present: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test setup clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The CPU build of torch first, so the project's torch range is already met and pip does not
+# fetch a multi-gigabyte CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/medseg demo --output demo_output
+
+test: setup
+	$(BIN)/python -m pytest -q medseg_core Testing
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

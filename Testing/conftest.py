@@ -1,0 +1,27 @@
+"""Shared fixtures: small synthetic volumes only (real data lives in ../shared and is optional)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def isolated_model_home(tmp_path_factory, monkeypatch):
+    """Each test sees an empty user model folder, never the developer's ~/.medseg."""
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path_factory.mktemp("medseg_home")))
+
+
+@pytest.fixture
+def phantom():
+    from medseg_core.data.phantom import make_phantom
+
+    return make_phantom(seed=7)

@@ -1,0 +1,78 @@
+"""Datasets in nnU-Net v2 raw layout.
+
+``dataset.json`` (``channel_names``, ``labels``, ``file_ending``), ``imagesTr/CASE_XXXX.ext`` (one
+file per channel XXXX), ``labelsTr/CASE.ext``, and an optional split file: ``splits.json`` as
+``{"train": [...], "validation": [...]}`` or nnU-Net's ``splits_final.json`` (a list of folds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+
+@dataclass
+class RawDataset:
+    root: Path
+    channels: list[str]
+    labels: dict[str, int]
+    file_ending: str
+    cases: list[str]
+    label_dir: str = "labelsTr"
+
+    @classmethod
+    def open(cls, root: str | Path, label_dir: str = "labelsTr", labels_key: str = "labels") -> "RawDataset":
+        root = Path(root)
+        meta_path = root / "dataset.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{meta_path}: not found; a dataset needs nnU-Net's dataset.json") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{meta_path}: invalid JSON ({exc.msg})") from None
+        try:
+            channels = [meta["channel_names"][k] for k in sorted(meta["channel_names"], key=int)]
+            labels = {str(k): int(v) for k, v in meta[labels_key].items()}
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{meta_path}: missing or bad field {exc}") from None
+        ending = meta.get("file_ending", ".nii.gz")
+        img_dir = root / "imagesTr"
+        if not img_dir.is_dir():
+            raise InputError(f"{img_dir}: not found")
+        suffix = "_0000" + ending
+        cases = sorted(p.name[: -len(suffix)] for p in img_dir.iterdir() if p.name.endswith(suffix))
+        if not cases:
+            raise InputError(f"{img_dir}: no images named CASE_0000{ending}")
+        return cls(root, channels, labels, ending, cases, label_dir)
+
+    def image_paths(self, case: str) -> list[Path]:
+        return [self.root / "imagesTr" / f"{case}_{c:04d}{self.file_ending}" for c in range(len(self.channels))]
+
+    def label_path(self, case: str) -> Path:
+        return self.root / self.label_dir / f"{case}{self.file_ending}"
+
+    @property
+    def foreground_labels(self) -> dict[str, int]:
+        return {k: v for k, v in self.labels.items() if v != 0}
+
+    def split(self, split_file: str | Path | None = None, fold: int = 0) -> tuple[list[str], list[str]]:
+        """(train, validation) case lists: from ``split_file``, else ``splits.json`` or
+        ``splits_final.json`` beside dataset.json, else every fifth case for validation."""
+        candidates = [Path(split_file)] if split_file else [self.root / "splits.json", self.root / "splits_final.json"]
+        for path in candidates:
+            if path.is_file():
+                data = json.loads(path.read_text())
+                if isinstance(data, list):
+                    data = data[fold]
+                train, val = list(data["train"]), list(data.get("validation", data.get("val", [])))
+                missing = sorted(set(train + val) - set(self.cases))
+                if missing:
+                    raise InputError(f"{path}: cases not in the dataset: {', '.join(missing[:5])}")
+                return train, val
+            if split_file:
+                raise InputError(f"{path}: split file not found")
+        val = self.cases[::5]
+        return [c for c in self.cases if c not in val], val

@@ -1,0 +1,152 @@
+"""Preprocessing that training and inference share, and the way back to the input grid.
+
+The steps, in order, each recorded in the model card's ``preprocessing``:
+
+1. reorient to a canonical orientation (``"LPS"``: identity direction) so a network always sees
+   anatomy the same way whatever the input's direction cosines; this is a pure permutation/flip,
+   with no interpolation;
+2. crop to the body's bounding box (CT: voxels above -500 HU) plus a margin;
+3. resample to the model's spacing (linear for images, nearest for labels), skipped when the
+   spacing already matches;
+4. normalise intensities per channel (:mod:`medseg_core.data.normalize`).
+
+Going back, class probabilities on the model grid are resampled onto the input's own grid one
+class at a time (linear), and the argmax is kept on the fly, so memory stays bounded by two
+input-sized arrays whatever the number of classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from .normalize import body_mask, normalize_channels
+from .preprocess_config import PreprocessConfig
+
+@dataclass
+class Grid:
+    """The model-space grid a case was preprocessed onto (identity-free: keeps direction)."""
+
+    origin: tuple
+    spacing: tuple
+    direction: tuple
+    size: tuple  # (x, y, z)
+
+    def image(self, array_zyx: np.ndarray) -> sitk.Image:
+        img = sitk.GetImageFromArray(array_zyx)
+        img.SetOrigin(self.origin)
+        img.SetSpacing(self.spacing)
+        img.SetDirection(self.direction)
+        return img
+
+
+@dataclass
+class Preprocessed:
+    """A case on the model grid: ``image`` (C, z, y, x) float32; ``label`` (z, y, x) uint8 or None."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    grid: Grid
+
+
+def bbox_from_mask(mask: np.ndarray, margin: tuple[int, ...], min_count: int = 5) -> tuple[slice, ...] | None:
+    """Bounding box of a mask as slices (array order), ignoring planes with fewer than
+    ``min_count`` voxels (isolated noise in the air), grown by ``margin`` voxels per axis."""
+    slices = []
+    for ax in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        counts = mask.sum(axis=other)
+        idx = np.nonzero(counts >= min_count)[0]
+        if idx.size == 0:
+            return None
+        lo = max(0, int(idx[0]) - margin[ax])
+        hi = min(mask.shape[ax], int(idx[-1]) + 1 + margin[ax])
+        slices.append(slice(lo, hi))
+    return tuple(slices)
+
+
+def _crop(img: sitk.Image, box: tuple[slice, ...]) -> sitk.Image:
+    # box is in array (z, y, x) order; SimpleITK indexes (x, y, z).
+    lo = [int(s.start) for s in reversed(box)]
+    size = [int(s.stop - s.start) for s in reversed(box)]
+    return sitk.RegionOfInterest(img, size, lo)
+
+
+def _resample(img: sitk.Image, spacing, interp) -> sitk.Image:
+    old_sp = np.array(img.GetSpacing())
+    new_sp = np.array(spacing, dtype=float)
+    if np.allclose(old_sp, new_sp, rtol=1e-4, atol=1e-6):
+        return img
+    size = np.maximum(1, np.round(np.array(img.GetSize()) * old_sp / new_sp)).astype(int)
+    # Keep the physical centre of the first voxel's corner: origin shifts by half a voxel change.
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    origin = np.array(img.GetOrigin()) + d @ ((new_sp - old_sp) / 2.0)
+    return sitk.Resample(img, [int(s) for s in size], sitk.Transform(), interp, origin.tolist(),
+                         new_sp.tolist(), img.GetDirection(), 0.0, img.GetPixelID())
+
+
+class Preprocessor:
+    """Applies a :class:`PreprocessConfig` to images (and labels) and maps results back."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+
+    def geometric(self, images: list[sitk.Image], label: sitk.Image | None = None):
+        """Steps 1-3. Returns (images on the model grid, label or None)."""
+        cfg = self.config
+        images = [sitk.DICOMOrient(im, cfg.orientation) for im in images]
+        if label is not None:
+            label = sitk.DICOMOrient(label, cfg.orientation)
+        if cfg.crop_to_body:
+            arr = sitk.GetArrayViewFromImage(images[0])
+            mask = body_mask(arr, cfg.modality)
+            sp = images[0].GetSpacing()[::-1]
+            margin = tuple(int(np.ceil(cfg.margin_mm / s)) for s in sp)
+            box = bbox_from_mask(mask, margin)
+            if box is not None:
+                images = [_crop(im, box) for im in images]
+                label = _crop(label, box) if label is not None else None
+        if cfg.spacing is not None:
+            images = [_resample(sitk.Cast(im, sitk.sitkFloat32), cfg.spacing, sitk.sitkLinear)
+                      if not np.allclose(im.GetSpacing(), cfg.spacing, rtol=1e-4) else im for im in images]
+            if label is not None:
+                label = _resample(label, cfg.spacing, sitk.sitkNearestNeighbor)
+        return images, label
+
+    def normalize_array(self, raw: np.ndarray) -> np.ndarray:
+        """Step 4 on a (C, z, y, x) array."""
+        return normalize_channels(raw, self.config.normalization, self.config.modality)
+
+    def __call__(self, images: list[sitk.Image], label: sitk.Image | None = None) -> Preprocessed:
+        imgs, lab = self.geometric(images, label)
+        raw = np.stack([sitk.GetArrayFromImage(im).astype(np.float32) for im in imgs])
+        grid = Grid(imgs[0].GetOrigin(), imgs[0].GetSpacing(), imgs[0].GetDirection(), imgs[0].GetSize())
+        lab_arr = sitk.GetArrayFromImage(lab).astype(np.uint8) if lab is not None else None
+        return Preprocessed(self.normalize_array(raw), lab_arr, grid)
+
+
+def to_input_grid(array_zyx: np.ndarray, grid: Grid, reference: sitk.Image, default: float = 0.0,
+                  interp=sitk.sitkLinear) -> np.ndarray:
+    """Resample one model-grid map (z, y, x) onto the reference image's grid; outside -> default."""
+    src = grid.image(np.ascontiguousarray(array_zyx, dtype=np.float32))
+    out = sitk.Resample(src, reference, sitk.Transform(), interp, float(default), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def probabilities_to_labels(probs: np.ndarray, grid: Grid, reference: sitk.Image) -> np.ndarray:
+    """Resample class probabilities (N, z, y, x) onto the reference grid and take the argmax.
+
+    One class at a time: memory is one float32 and one uint8 array of the reference's size, plus
+    the running maximum. Outside the model grid the background wins.
+    """
+    best = to_input_grid(probs[0], grid, reference, default=1.0)
+    labels = np.zeros(best.shape, dtype=np.uint8 if probs.shape[0] < 256 else np.uint16)
+    for c in range(1, probs.shape[0]):
+        pc = to_input_grid(probs[c], grid, reference, default=0.0)
+        better = pc > best
+        labels[better] = c
+        np.maximum(best, pc, out=best)
+        del pc, better
+    return labels

@@ -1,0 +1,94 @@
+"""Patch sampling that finds small structures often.
+
+With probability ``fg_fraction`` a patch is centred on a voxel of a foreground class chosen
+*uniformly among classes* (not in proportion to their voxels), in a case that contains it, so a
+structure of a few hundred voxels is seen as often as a large organ; otherwise the centre is
+uniform in a random case. Everything runs in torch on the cases' device, so on a GPU the whole
+pipeline stays on the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOCATIONS = 2000
+
+
+class PatchSampler:
+    """Args:
+        images: per case, (C, *S) float tensors (already normalised).
+        labels: per case, (*S) uint8 tensors.
+        num_classes: classes including background.
+        patch_size: spatial patch size (2D patches from 3D cases take ``(1, y, x)``).
+        fg_fraction: share of patches centred on foreground.
+        annotated: per case, the foreground classes contoured in it (default: those present).
+        seed: the generator's seed (give each distributed rank its own).
+    """
+
+    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int,
+                 patch_size: tuple[int, ...], fg_fraction: float = 0.67,
+                 annotated: list[list[int]] | None = None, seed: int = 0):
+        self.images, self.labels = images, labels
+        self.num_classes = num_classes
+        self.patch = tuple(int(p) for p in patch_size)
+        self.fg_fraction = fg_fraction
+        self.gen = torch.Generator().manual_seed(seed)
+        self.locations: list[dict[int, torch.Tensor]] = []
+        for lab in labels:
+            locs = {}
+            for c in range(1, num_classes):
+                idx = torch.nonzero(lab == c)
+                if len(idx):
+                    if len(idx) > MAX_LOCATIONS:
+                        idx = idx[torch.randperm(len(idx), generator=self.gen)[:MAX_LOCATIONS].to(idx.device)]
+                    locs[c] = idx.cpu()
+            self.locations.append(locs)
+        self.cases_with = {c: [i for i, l in enumerate(self.locations) if c in l] for c in range(1, num_classes)}
+        ann = annotated if annotated is not None else [sorted(l) for l in self.locations]
+        self.annotated = torch.zeros(len(labels), num_classes, dtype=torch.bool)
+        self.annotated[:, 0] = True
+        for i, cls in enumerate(ann):
+            self.annotated[i, list(cls)] = True
+
+    def _randint(self, n: int) -> int:
+        return int(torch.randint(n, (1,), generator=self.gen))
+
+    def _centre(self) -> tuple[int, list[int]]:
+        classes = [c for c, cases in self.cases_with.items() if cases]
+        if classes and float(torch.rand(1, generator=self.gen)) < self.fg_fraction:
+            c = classes[self._randint(len(classes))]
+            case = self.cases_with[c][self._randint(len(self.cases_with[c]))]
+            locs = self.locations[case][c]
+            return case, locs[self._randint(len(locs))].tolist()
+        case = self._randint(len(self.images))
+        return case, [self._randint(s) for s in self.labels[case].shape]
+
+    def crop(self, case: int, centre: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch around ``centre``; out-of-volume parts are padded (image with its minimum,
+        label with background)."""
+        img, lab = self.images[case], self.labels[case]
+        shape = lab.shape
+        lo = [c - p // 2 for c, p in zip(centre, self.patch)]
+        src = tuple(slice(max(0, l), min(s, l + p)) for l, s, p in zip(lo, shape, self.patch))
+        pad = []
+        for l, s, p, sl in reversed(list(zip(lo, shape, self.patch, src))):
+            before = sl.start - l
+            pad += [before, p - before - (sl.stop - sl.start)]
+        pi = img[(slice(None),) + src]
+        pl = lab[src]
+        if any(pad):
+            pi = F.pad(pi, pad, value=float(img.min()))
+            pl = F.pad(pl.long(), pad, value=0).to(lab.dtype)
+        return pi, pl
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, *patch) images, (B, *patch) long labels, (B, N) annotated classes."""
+        xs, ys, cases = [], [], []
+        for _ in range(batch_size):
+            case, centre = self._centre()
+            x, y = self.crop(case, centre)
+            xs.append(x)
+            ys.append(y)
+            cases.append(case)
+        return torch.stack(xs), torch.stack(ys).long(), self.annotated[cases].to(xs[0].device)

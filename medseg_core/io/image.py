@@ -1,0 +1,206 @@
+"""Reading and writing 3D images (volumes and labelmaps) with SimpleITK.
+
+``read_image`` checks what an engine needs (one 3D scalar volume with finite voxels) and turns
+every problem into an ``InputError`` whose message is one line starting with the path. Writers
+go through ``atomic_output`` so that no half-written file is ever left under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg_core.errors import InputError
+from medseg_core.io.atomic import atomic_output
+
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+
+
+def sitk_error_detail(error: Exception) -> str:
+    """Condenses a (multi-line) SimpleITK/ITK error message into one short line.
+
+    Args:
+        error: the exception raised by SimpleITK.
+
+    Returns:
+        The ``sitk::ERROR`` text when present, else the whole message, on one line.
+    """
+    text = str(error)
+    match = re.search(r"sitk::ERROR:\s*(.*)", text, flags=re.S)
+    if match:
+        text = match.group(1)
+    text = " ".join(text.split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr when no series is found
+    try:
+        series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as error:
+        raise InputError(f"{folder}: cannot scan the folder for DICOM ({sitk_error_detail(error)})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    series = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
+    series = [files for files in series if files]
+    if not series:
+        raise InputError(f"{folder}: is a folder with no DICOM series in it")
+    reader.SetFileNames(max(series, key=len))
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"{folder}: cannot read the DICOM series ({sitk_error_detail(error)})") from None
+
+
+def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
+    """Returns ``image`` as a 3D scalar image, or raises InputError."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+                         "(a vector or color image); a scalar volume is needed")
+    dimension = image.GetDimension()
+    if dimension == 4 and image.GetSize()[3] == 1:
+        size = list(image.GetSize())
+        size[3] = 0
+        image = sitk.Extract(image, size, [0, 0, 0, 0])
+        dimension = 3
+    if dimension == 2 or (dimension == 3 and 1 in image.GetSize()):
+        hint = " (give the folder of the DICOM series, not one file)" if path.suffix.lower() == ".dcm" else ""
+        raise InputError(f"{path}: is 2D; a 3D volume is needed{hint}")
+    if dimension != 3:
+        raise InputError(f"{path}: is {dimension}D; a single 3D volume is needed")
+    if image.GetPixelID() in _FLOAT_TYPES:
+        voxels = sitk.GetArrayViewFromImage(image)
+        if np.isnan(voxels).any():
+            raise InputError(f"{path}: has NaN (not-a-number) voxels")
+        if np.isinf(voxels).any():
+            raise InputError(f"{path}: has infinite voxels")
+    return image
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Reads a 3D scalar volume from a file or from a folder holding a DICOM series.
+
+    Files are anything SimpleITK reads (.nii, .nii.gz, .nrrd, .mha, .mhd, ...). For a folder,
+    the DICOM series with the most files is read. A constant image is accepted (see
+    ``is_constant``).
+
+    Args:
+        path: image file or DICOM folder.
+
+    Returns:
+        The 3D image (its pixel type as stored).
+
+    Raises:
+        InputError: missing path, unreadable or non-image file, no DICOM series, 2D, 4D or
+            vector image, NaN or infinite voxels. The message is one line starting with the path.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: does not exist")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise InputError(f"{path}: cannot be read as an image ({sitk_error_detail(error)})") from None
+    return _check_volume(image, path)
+
+
+def is_constant(image: sitk.Image) -> bool:
+    """Tells whether every voxel of a scalar image has the same value.
+
+    Args:
+        image: a scalar image.
+
+    Returns:
+        True if minimum == maximum.
+    """
+    extrema = sitk.MinimumMaximumImageFilter()
+    extrema.Execute(image)
+    return extrema.GetMinimum() == extrema.GetMaximum()
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Writes an image atomically, with compression, in the format given by the extension.
+
+    Args:
+        image: the image.
+        path: the output file; its folder must exist.
+
+    Raises:
+        InputError: the file cannot be written (one line starting with the path).
+    """
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot be written ({sitk_error_detail(error)})") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot be written ({error.strerror or error})") from None
+
+
+def write_labelmap(label_image: sitk.Image, path: str | os.PathLike) -> None:
+    """Writes a labelmap as uint8 (labels up to 255) or uint16, keeping its geometry.
+
+    Args:
+        label_image: integer labels (0 = background).
+        path: the output file.
+
+    Raises:
+        ValueError: negative labels or labels above 65535.
+        InputError: the file cannot be written.
+    """
+    extrema = sitk.MinimumMaximumImageFilter()
+    extrema.Execute(label_image)
+    if extrema.GetMinimum() < 0 or extrema.GetMaximum() > 65535:
+        raise ValueError(f"labels must lie in 0..65535, not {extrema.GetMinimum()}..{extrema.GetMaximum()}")
+    pixel_type = sitk.sitkUInt8 if extrema.GetMaximum() < 256 else sitk.sitkUInt16
+    if label_image.GetPixelID() in _FLOAT_TYPES:
+        label_image = sitk.Round(label_image)
+    write_image(sitk.Cast(label_image, pixel_type), path)
+
+
+def write_float_volume(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Writes a volume as float32 (e.g. probabilities), keeping its geometry.
+
+    Args:
+        image: a scalar image of any pixel type.
+        path: the output file.
+
+    Raises:
+        InputError: the file cannot be written.
+    """
+    write_image(sitk.Cast(image, sitk.sitkFloat32), path)
+
+
+def array_to_image(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Builds an image from a numpy array with the geometry of a reference image.
+
+    Args:
+        array_zyx: voxels in numpy order (z, y, x), like ``sitk.GetArrayFromImage`` returns;
+            bool arrays become uint8.
+        reference: image whose origin, spacing and direction are copied.
+
+    Returns:
+        The new image.
+
+    Raises:
+        ValueError: the array shape does not match the reference size.
+    """
+    array = np.asarray(array_zyx)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    expected = tuple(reversed(reference.GetSize()))
+    if array.shape != expected:
+        raise ValueError(f"array shape {array.shape} does not match the reference (z, y, x) shape {expected}")
+    image = sitk.GetImageFromArray(array, isVector=False)
+    image.CopyInformation(reference)
+    return image

@@ -1,0 +1,147 @@
+"""Standard codes (DICOM / SNOMED-CT) and default colours for common segment names.
+
+3D Slicer stores a segment's meaning as a "terminology entry": a category, a type, an optional
+type modifier (laterality) and an optional anatomic region, each a ``[scheme, code, meaning]``
+triple. ``terminology_for`` returns such an entry as the dict that ``slicerio`` reads and writes.
+
+Sources of the codes:
+
+* 3D Slicer's ``SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json`` (Slicer repository,
+  ``Modules/Loadable/Terminologies/Resources``): category "Anatomical Structure" (SCT 123037004)
+  and "Morphologically Altered Structure" (SCT 49755003); types Spinal cord, Esophagus, Larynx,
+  Mandible, Liver, Spleen, Kidney, Lung, Heart, Bladder, Prostate, Mass; laterality modifiers
+  Right (SCT 24028007) and Left (SCT 7771000); the recommended display colours of these types.
+* Brainstem (SCT 15926001) and Parotid gland (SCT 45289007) are not in that Slicer list; their
+  SNOMED-CT codes come from the HL7 mCODE radiotherapy value set (TG-263 structure mapping).
+  Their colours are our choice (Slicer's midbrain and salivary gland colours).
+* Radiotherapy targets GTV (SCT 228791009), CTV (SCT 228792002) and PTV (SCT 228793007) come from
+  DICOM CID 9534 "Radiotherapy Target", with category "RT Target" (DCM 130041) from DICOM
+  CID 9580 "RT Segmentation Property Category". Slicer's bundled lists do not hold them, so
+  Slicer shows these codes but cannot browse to them. Their colours are our choice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SLICER_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
+MORPHOLOGICALLY_ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
+RT_TARGET = ("DCM", "130041", "RT Target")
+RIGHT = ("SCT", "24028007", "Right")
+LEFT = ("SCT", "7771000", "Left")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    context: str
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+    rgb255: tuple[int, int, int]
+    paired: bool = False  # has right/left sides
+    aliases: tuple[str, ...] = ()
+
+
+_S, _D = SLICER_ANATOMY_CONTEXT, DICOM_MASTER_CONTEXT
+_AS, _MAS = ANATOMICAL_STRUCTURE, MORPHOLOGICALLY_ALTERED_STRUCTURE
+
+_ENTRIES: dict[str, _Entry] = {
+    "Brainstem": _Entry(_D, _AS, ("SCT", "15926001", "Brainstem"), (145, 92, 109)),
+    "SpinalCord": _Entry(_S, _AS, ("SCT", "2748008", "Spinal cord"), (244, 214, 49)),
+    "Parotid": _Entry(_D, _AS, ("SCT", "45289007", "Parotid gland"), (70, 163, 117), paired=True,
+                      aliases=("Parotid gland", "Parotids")),
+    "Esophagus": _Entry(_S, _AS, ("SCT", "32849002", "Esophagus"), (211, 171, 143), aliases=("Oesophagus",)),
+    "Larynx": _Entry(_S, _AS, ("SCT", "4596009", "Larynx"), (150, 208, 243)),
+    "Mandible": _Entry(_S, _AS, ("SCT", "91609006", "Mandible"), (222, 198, 101), aliases=("Bone_Mandible",)),
+    "Liver": _Entry(_S, _AS, ("SCT", "10200004", "Liver"), (221, 130, 101)),
+    "Spleen": _Entry(_S, _AS, ("SCT", "78961009", "Spleen"), (157, 108, 162)),
+    "Kidney": _Entry(_S, _AS, ("SCT", "64033007", "Kidney"), (185, 102, 83), paired=True, aliases=("Kidneys",)),
+    "Lung": _Entry(_S, _AS, ("SCT", "39607008", "Lung"), (197, 165, 145), paired=True, aliases=("Lungs",)),
+    "Heart": _Entry(_S, _AS, ("SCT", "80891009", "Heart"), (206, 110, 84)),
+    "Bladder": _Entry(_S, _AS, ("SCT", "89837001", "Bladder"), (222, 154, 132), aliases=("Urinary bladder",)),
+    "Prostate": _Entry(_S, _AS, ("SCT", "41216001", "Prostate"), (230, 158, 140), aliases=("Prostate gland",)),
+    "Mass": _Entry(_S, _MAS, ("SCT", "4147007", "Mass"), (144, 238, 144), aliases=("Tumor", "Tumour")),
+    "GTV": _Entry(_D, RT_TARGET, ("SCT", "228791009", "GTV"), (255, 0, 0), aliases=("Gross tumor volume",)),
+    "CTV": _Entry(_D, RT_TARGET, ("SCT", "228792002", "CTV"), (255, 140, 0), aliases=("Clinical target volume",)),
+    "PTV": _Entry(_D, RT_TARGET, ("SCT", "228793007", "PTV"), (0, 170, 255), aliases=("Planning target volume",)),
+}
+
+#: Fallback colours (RGB 0..255), from 3D Slicer's generic anatomy colours, picked by index.
+PALETTE_255: tuple[tuple[int, int, int], ...] = (
+    (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
+    (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
+    (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49),
+    (0, 151, 206), (183, 156, 220), (183, 214, 211), (152, 189, 207), (178, 212, 242),
+    (68, 172, 100), (111, 197, 131),
+)
+
+_SIDE_WORDS = {RIGHT: ("right", "rt", "r"), LEFT: ("left", "lt", "l")}
+
+
+def normalize_name(name: str) -> str:
+    """Lower-cases a name and drops everything but letters and digits ("Right_Parotid" -> "rightparotid")."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _build_index() -> dict[str, tuple[_Entry, tuple[str, str, str] | None]]:
+    index: dict[str, tuple[_Entry, tuple[str, str, str] | None]] = {}
+    for key, entry in _ENTRIES.items():
+        for base in map(normalize_name, (key, *entry.aliases)):
+            index[base] = (entry, None)
+            if entry.paired:
+                for side, words in _SIDE_WORDS.items():
+                    for word in words:
+                        index[word + base] = (entry, side)
+                        index[base + word] = (entry, side)
+    return index
+
+
+_INDEX = _build_index()
+
+
+def _lookup(name: str) -> tuple[_Entry, tuple[str, str, str] | None] | None:
+    return _INDEX.get(normalize_name(name))
+
+
+def terminology_for(name: str) -> dict | None:
+    """Returns the Slicer terminology entry for a segment name, or None if the name is unknown.
+
+    Matching ignores case, spaces, underscores and punctuation, and understands sides of paired
+    organs: "Right Parotid", "RightParotid", "parotid_r" and "Parotid Right" all give the
+    parotid gland with the modifier Right.
+
+    Args:
+        name: segment name.
+
+    Returns:
+        A new dict in ``slicerio`` layout: ``contextName``, ``category``, ``type`` (each
+        ``[scheme, code, meaning]``), ``typeModifier`` for a side, and ``anatomicContextName``.
+    """
+    found = _lookup(name)
+    if found is None:
+        return None
+    entry, side = found
+    terminology = {"contextName": entry.context, "category": list(entry.category), "type": list(entry.type)}
+    if side is not None:
+        terminology["typeModifier"] = list(side)
+    terminology["anatomicContextName"] = ANATOMIC_CONTEXT
+    return terminology
+
+
+def default_color(name: str, index: int) -> tuple[float, float, float]:
+    """Returns the usual display colour of a structure, else a fixed palette colour.
+
+    Args:
+        name: segment name (looked up like ``terminology_for``).
+        index: any integer (e.g. the label value) picking the fallback colour, wrapping around.
+
+    Returns:
+        RGB in [0, 1].
+    """
+    found = _lookup(name)
+    rgb = found[0].rgb255 if found else PALETTE_255[index % len(PALETTE_255)]
+    return tuple(round(c / 255.0, 6) for c in rgb)

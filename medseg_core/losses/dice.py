@@ -1,0 +1,115 @@
+"""Soft Dice, cross-entropy and their sum, with partially annotated cases handled explicitly.
+
+Arguments follow MONAI's vocabulary: ``include_background``, ``softmax``, ``smooth_nr``,
+``smooth_dr``, ``batch``, ``reduction``.
+
+Partial annotation: in clinical data an organ missing from a label file was usually *not
+contoured*, which is not the same as absent. ``annotated`` (B, N) marks, per case, the classes
+whose contours can be trusted. The cross-entropy then uses the marginal likelihood: background and
+every unannotated class are merged into one (their probabilities summed), so predicting an
+uncontoured organ is not punished; Dice skips the unannotated (case, class) pairs (Shi et al.,
+"Marginal loss and exclusion loss for partially supervised multi-organ segmentation", MedIA 2021).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, *S) integer labels -> (B, N, *S) float one-hot."""
+    return F.one_hot(target.long(), num_classes).movedim(-1, 1).float()
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice loss, ``1 - (2 sum(p g) + smooth_nr) / (sum p + sum g + smooth_dr)``.
+
+    Args:
+        include_background: count class 0.
+        softmax: apply softmax to the input first (else it is taken as probabilities).
+        batch: sum over the batch before the ratio (one Dice per class, stabler for small
+            structures) instead of one per (sample, class).
+        reduction: "mean", "sum" or "none" (then (B, N) or (N,) with ``batch``).
+
+    >>> import torch
+    >>> probs = torch.tensor([[[1., 0.], [0., 1.]]]).permute(0, 2, 1)  # (B=1, N=2, S=2), perfect
+    >>> round(DiceLoss(softmax=False)(probs, torch.tensor([[0, 1]])).item(), 6)
+    0.0
+    """
+
+    def __init__(self, include_background: bool = False, softmax: bool = True, batch: bool = True,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean"):
+        super().__init__()
+        self.include_background = include_background
+        self.softmax = softmax
+        self.batch = batch
+        self.smooth_nr = smooth_nr
+        self.smooth_dr = smooth_dr
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
+        """input (B, N, *S) logits or probabilities; target (B, *S) labels; annotated (B, N) bool."""
+        n = input.shape[1]
+        probs = torch.softmax(input.float(), 1) if self.softmax else input.float()
+        gt = one_hot(target, n)
+        dims = tuple(range(2, input.ndim))
+        inter = (probs * gt).sum(dims)
+        psum = probs.sum(dims)
+        gsum = gt.sum(dims)
+        w = annotated.float() if annotated is not None else torch.ones_like(inter)
+        if self.batch:
+            inter, psum, gsum = (inter * w).sum(0), (psum * w).sum(0), (gsum * w).sum(0)
+            w = (w.sum(0) > 0).float()
+        dice = (2 * inter + self.smooth_nr) / (psum + gsum + self.smooth_dr)
+        loss = 1 - dice
+        if not self.include_background:
+            loss, w = loss[..., 1:], w[..., 1:]
+        if self.reduction == "none":
+            return loss * w
+        total = (loss * w).sum()
+        return total / w.sum().clamp_min(1) if self.reduction == "mean" else total
+
+
+def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy where background absorbs every unannotated class (mean over voxels).
+
+    With every class annotated this equals ``F.cross_entropy(logits, target)``.
+    """
+    logp = torch.log_softmax(logits.float(), 1)
+    if annotated is None or bool(annotated.all()):
+        return F.nll_loss(logp, target.long())
+    merge = ~annotated.clone()
+    merge[:, 0] = True  # background plus the classes nobody contoured
+    shape = merge.shape + (1,) * (logits.ndim - 2)
+    bg = torch.logsumexp(logp.masked_fill(~merge.view(shape), float("-inf")), dim=1)
+    picked = logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    return -torch.where(target == 0, bg, picked).mean()
+
+
+class DiceCELoss(nn.Module):
+    """``lambda_dice * Dice + lambda_ce * CE`` on logits, both aware of ``annotated``."""
+
+    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, include_background: bool = False,
+                 batch: bool = True):
+        super().__init__()
+        self.dice = DiceLoss(include_background=include_background, softmax=True, batch=batch)
+        self.lambda_dice = lambda_dice
+        self.lambda_ce = lambda_ce
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.lambda_dice * self.dice(logits, target, annotated)
+                + self.lambda_ce * marginal_cross_entropy(logits, target, annotated))
+
+
+def deep_supervision_loss(loss_fn, logits: torch.Tensor, extra: list[torch.Tensor], target: torch.Tensor,
+                          annotated: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss on the full-resolution logits plus coarser ones against nearest-down-sampled targets,
+    weighted 1, 1/2, 1/4, ... and normalised to sum to one (nnU-Net's scheme)."""
+    weights = [0.5 ** i for i in range(1 + len(extra))]
+    total = weights[0] * loss_fn(logits, target, annotated)
+    for w, lg in zip(weights[1:], extra):
+        t = F.interpolate(target[:, None].float(), size=lg.shape[2:], mode="nearest")[:, 0].long()
+        total = total + w * loss_fn(lg, t, annotated)
+    return total / sum(weights)

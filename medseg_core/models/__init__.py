@@ -1,0 +1,15 @@
+"""Model packages: a folder with ``card.json`` and ``weights.safetensors``."""
+
+from .card import ModelCard
+from .package import (
+    ModelPackage,
+    bundled_dir,
+    find_model,
+    list_models,
+    load_package,
+    save_package,
+    user_models_dir,
+)
+
+__all__ = ["ModelCard", "ModelPackage", "bundled_dir", "find_model", "list_models", "load_package",
+           "save_package", "user_models_dir"]

@@ -1,0 +1,184 @@
+"""Reading, verifying, writing and finding model packages.
+
+A package is a folder ``NAME/`` with ``card.json`` and ``weights.safetensors``; the card holds the
+weights' SHA-256, checked before the weights are read. Weights are never unpickled.
+
+Search order for a name: the user folder (``$MEDSEG_HOME/models`` or ``~/.medseg/models``), then
+the models bundled with the package; a path to a package folder is taken as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from .card import ModelCard
+
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+
+
+def bundled_dir() -> Path:
+    return Path(__file__).resolve().parent / "bundled"
+
+
+def user_models_dir() -> Path:
+    home = os.environ.get("MEDSEG_HOME")
+    return (Path(home) if home else Path.home() / ".medseg") / "models"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelPackage:
+    """A model card with the folder it came from; ``source`` is "bundled", "user" or "path"."""
+
+    card: ModelCard
+    path: Path
+    source: str
+
+    def load_state_dict(self) -> dict[str, torch.Tensor]:
+        """Verify the SHA-256 and read the weights as float32 tensors (safetensors only)."""
+        from safetensors.torch import load_file
+
+        wfile = self.path / self.card.weights.get("file", WEIGHTS)
+        if not wfile.is_file():
+            raise ModelError(f"{wfile}: weights file is missing")
+        expected = self.card.weights.get("sha256")
+        actual = sha256_file(wfile)
+        if expected != actual:
+            raise ModelError(f"{wfile}: SHA-256 {actual[:12]}... does not match the card's "
+                             f"{str(expected)[:12]}...; the file is corrupted or was replaced")
+        try:
+            state = load_file(str(wfile))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelError(f"{wfile}: cannot read weights ({exc})") from None
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+    def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The network in eval mode on ``device`` with the package's weights."""
+        from ..nets import build_network
+
+        net_cfg = self.card.network
+        try:
+            net = build_network(net_cfg["name"], **net_cfg.get("kwargs", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{self.path / CARD}: cannot build network ({exc})") from None
+        try:
+            net.load_state_dict(self.load_state_dict())
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"{self.path / WEIGHTS}: weights do not fit the network ({first})") from None
+        return net.to(device).eval()
+
+
+def load_package(path: str | Path, source: str = "path") -> ModelPackage:
+    path = Path(path)
+    if not (path / CARD).is_file():
+        raise ModelError(f"{path}: not a model package (no {CARD})")
+    return ModelPackage(ModelCard.read(path / CARD), path, source)
+
+
+def list_models() -> list[ModelPackage]:
+    """All packages, user ones first; a user package shadows a bundled one of the same name."""
+    found: dict[str, ModelPackage] = {}
+    for root, source in ((user_models_dir(), "user"), (bundled_dir(), "bundled")):
+        if not root.is_dir():
+            continue
+        for sub in sorted(root.iterdir()):
+            if (sub / CARD).is_file() and sub.name not in found and not sub.name.startswith("."):
+                try:
+                    found[sub.name] = load_package(sub, source)
+                except ModelError:
+                    continue
+    return list(found.values())
+
+
+def find_model(name_or_path: str) -> ModelPackage:
+    """A package by name (user folder, then bundled) or by folder path."""
+    p = Path(name_or_path).expanduser()
+    if (p / CARD).is_file():
+        return load_package(p, "path")
+    for root, source in ((user_models_dir(), "user"), (bundled_dir(), "bundled")):
+        if (root / name_or_path / CARD).is_file():
+            return load_package(root / name_or_path, source)
+    known = ", ".join(m.card.name for m in list_models()) or "none"
+    raise ModelError(f"{name_or_path}: unknown model; known models: {known}")
+
+
+def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str | Path,
+                 half: bool = False, overwrite: bool = False) -> ModelPackage:
+    """Write a package atomically: a temporary sibling folder renamed to ``dest`` at the end.
+
+    Args:
+        half: store floating weights as float16 (halves the size; loading casts back to float32).
+        overwrite: replace an existing ``dest`` (the old folder is removed only after the new one
+            is complete).
+    """
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise ModelError(f"{dest}: a model package already exists there")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
+                   for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        card.weights = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS),
+                        "dtype": "float16" if half else "float32",
+                        "parameters": int(sum(v.numel() for v in tensors.values() if v.is_floating_point()))}
+        (tmp / CARD).write_text(card.to_json() + "\n")
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_package(dest, "path")
+
+
+def record_validation(package_dir: str | Path, summary: dict, cases: int, note: str = "") -> None:
+    """Store an evaluation summary (``evaluate_folders``' ``summary``) in a package's card.
+
+    The card gains ``validation.per_label`` ({name: {dice, hd95, n}}), ``mean_dice`` and
+    ``mean_hd95``; it is rewritten atomically (the weights and their SHA-256 are untouched).
+    """
+    pkg = load_package(package_dir)
+    card = pkg.card
+    val = dict(card.validation)
+    val["per_label"] = {row["name"]: {"dice": _round(row.get("dice")), "hd95_median_mm": _round(row.get("hd95_median")),
+                                      "hd95_found_mm": _round(row.get("hd95_detected")), "cases": row.get("n"),
+                                      "missed": row.get("n_missed")} for row in summary["per_label"].values()}
+    val["mean_dice"] = _round(summary["mean"].get("dice"))
+    val["mean_hd95_median_mm"] = _round(summary["mean"].get("hd95_median"))
+    val["cases"] = cases
+    val["evaluated_on"] = note or ("input grid (medseg segment, then medseg evaluate); Dice mean over cases "
+                                   "with the organ contoured; HD95 = max of the directed 95th percentiles, "
+                                   "median over cases (found: mean over cases where it was predicted)")
+    card.validation = val
+    tmp = pkg.path / f".{CARD}.tmp"
+    tmp.write_text(card.to_json() + "\n")
+    os.replace(tmp, pkg.path / CARD)
+
+
+def _round(x):
+    return None if x is None or x != x else (x if x in (float("inf"), float("-inf")) else round(float(x), 4))

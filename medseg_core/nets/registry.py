@@ -1,0 +1,39 @@
+"""Networks are built by name and keyword arguments, as a model card records them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Class decorator: ``@register("unet")`` makes ``build_network("unet", **kw)`` work."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"network {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_network(name: str, **kwargs) -> nn.Module:
+    """Build a registered network; unknown names raise ``KeyError`` listing the known ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register decorators.
+    from . import unet  # noqa: F401

@@ -1,0 +1,56 @@
+"""The training configuration, read from a JSON file (every field optional but the network)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    name: str = "model"
+    version: str = "1.0.0"
+    description: str = ""
+    network: dict = field(default_factory=lambda: {"name": "unet", "kwargs": {"spatial_dims": 3}})
+    patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    spacing: list[float] | None = None  # (x, y, z) mm; None: the dataset's median
+    crop_to_body: bool = True
+    margin_mm: float = 10.0
+    batch_size: int = 2
+    steps: int = 1000
+    time_budget_s: float | None = None  # stop (and finish the LR schedule) after this much time
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    fg_fraction: float = 0.67
+    deep_supervision: bool = True
+    mirror_axes: list[int] = field(default_factory=list)
+    mirror_swap: list[list[int]] = field(default_factory=list)
+    val_every: int = 250
+    val_cases: int | None = None  # None: the whole validation split
+    seed: int = 0
+    amp: bool = True
+    label_dir: str = "labelsTr"
+    labels_key: str = "labels"
+    small_organs: list[str] = field(default_factory=list)
+    half_weights: bool = True
+
+    @classmethod
+    def read(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"{path}: unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
