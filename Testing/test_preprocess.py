@@ -55,3 +55,18 @@ def test_normalisation_is_recorded_and_repeated(phantom):
     b = Preprocessor(restored)([phantom.image]).image
     np.testing.assert_array_equal(a, b)
     assert a.min() >= (-100 - 50) / 10 - 1e-6 and a.max() <= (200 - 50) / 10 + 1e-6
+
+
+def test_resampling_only_the_covered_region_equals_resampling_everything(phantom):
+    prep = Preprocessor(PreprocessConfig(spacing=[2.0, 2.5, 2.0], modality="CT", normalization=[{"scheme": "zscore"}]))
+    pre = prep([phantom.image], phantom.label)
+    rng = np.random.default_rng(0)
+    probs = rng.random((3,) + pre.label.shape).astype(np.float32)
+    probs /= probs.sum(0)
+    fast = probabilities_to_labels(probs, pre.grid, phantom.image)
+    full = []
+    for c in range(3):  # the plain way: every class over the whole input grid
+        img = sitk.Resample(pre.grid.image(probs[c]), phantom.image, sitk.Transform(), sitk.sitkLinear,
+                            1.0 if c == 0 else 0.0, sitk.sitkFloat32)
+        full.append(sitk.GetArrayFromImage(img))
+    np.testing.assert_array_equal(fast, np.argmax(np.stack(full), axis=0))

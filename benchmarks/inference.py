@@ -11,7 +11,8 @@ HNOAR case ``hn_001``, both read from ``../shared/data`` beside the repository):
 2. Sliding window only, in this process, on the preprocessed array of each case
    (``Predictor.preprocessor``): our ``sliding_window_predict`` against MONAI's
    ``sliding_window_inference`` with the same network, patch size (from the card), overlap 0.5,
-   Gaussian blending (sigma = patch / 8) and window batch size. Runs alternate ours/MONAI
+   Gaussian blending (sigma = patch / 8) and window batch size (MONAI's pad value set to ours,
+   the image minimum; see the comment in ``theirs``). Runs alternate ours/MONAI
    (ABBA order, after one untimed warm-up forward); the argmax agreement of the two results is
    printed. Skipped if MONAI does not import.
 3. The targets for the full-size CT on 2 CPU cores: under 20 s end to end (judged on the wall

@@ -127,26 +127,69 @@ class Preprocessor:
         return Preprocessed(self.normalize_array(raw), lab_arr, grid)
 
 
+def covered_region(grid: Grid, reference: sitk.Image, margin: int = 1) -> tuple[tuple[slice, ...], sitk.Image] | None:
+    """The part of the reference grid that the model grid covers.
+
+    Returns ``(slices in (z, y, x) order, an empty image with that sub-grid's geometry)``, or None
+    when they do not overlap. Resampling only there, and filling the rest with the default, gives
+    the same result as resampling the whole reference grid, for a fraction of the work when the
+    body fills little of the field of view.
+    """
+    size = np.array(grid.size, dtype=float)
+    rot = np.reshape(grid.direction, (3, 3))
+    pts = []
+    for corner in np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij")).reshape(3, -1).T:
+        phys = np.array(grid.origin) + rot @ (corner * np.array(grid.spacing))
+        pts.append(reference.TransformPhysicalPointToContinuousIndex(phys.tolist()))
+    pts = np.array(pts)
+    ref_size = np.array(reference.GetSize())
+    lo = np.clip(np.floor(pts.min(0)).astype(int) - margin, 0, ref_size)
+    hi = np.clip(np.ceil(pts.max(0)).astype(int) + 1 + margin, 0, ref_size)
+    if np.any(hi <= lo):
+        return None
+    sub = sitk.Image([int(v) for v in hi - lo], sitk.sitkUInt8)
+    sub.SetSpacing(reference.GetSpacing())
+    sub.SetDirection(reference.GetDirection())
+    sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1])), sub
+
+
 def to_input_grid(array_zyx: np.ndarray, grid: Grid, reference: sitk.Image, default: float = 0.0,
                   interp=sitk.sitkLinear) -> np.ndarray:
     """Resample one model-grid map (z, y, x) onto the reference image's grid; outside -> default."""
+    out = np.full(reference.GetSize()[::-1], default, dtype=np.float32)
+    region = covered_region(grid, reference)
+    if region is None:
+        return out
+    box, sub = region
     src = grid.image(np.ascontiguousarray(array_zyx, dtype=np.float32))
-    out = sitk.Resample(src, reference, sitk.Transform(), interp, float(default), sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+    out[box] = sitk.GetArrayViewFromImage(
+        sitk.Resample(src, sub, sitk.Transform(), interp, float(default), sitk.sitkFloat32))
+    return out
 
 
 def probabilities_to_labels(probs: np.ndarray, grid: Grid, reference: sitk.Image) -> np.ndarray:
     """Resample class probabilities (N, z, y, x) onto the reference grid and take the argmax.
 
-    One class at a time: memory is one float32 and one uint8 array of the reference's size, plus
-    the running maximum. Outside the model grid the background wins.
+    One class at a time, and only over the part of the reference that the model grid covers:
+    memory is one float32 and one uint8 array of the reference's size plus the running maximum.
+    Outside the model grid the background wins.
     """
-    best = to_input_grid(probs[0], grid, reference, default=1.0)
-    labels = np.zeros(best.shape, dtype=np.uint8 if probs.shape[0] < 256 else np.uint16)
-    for c in range(1, probs.shape[0]):
-        pc = to_input_grid(probs[c], grid, reference, default=0.0)
+    labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8 if probs.shape[0] < 256 else np.uint16)
+    region = covered_region(grid, reference)
+    if region is None:
+        return labels
+    box, sub = region
+    sub_labels = labels[box]
+    best = None
+    for c in range(probs.shape[0]):
+        src = grid.image(np.ascontiguousarray(probs[c], dtype=np.float32))
+        pc = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), sitk.sitkLinear,
+                                                  1.0 if c == 0 else 0.0, sitk.sitkFloat32))
+        if best is None:
+            best = pc
+            continue
         better = pc > best
-        labels[better] = c
+        sub_labels[better] = c
         np.maximum(best, pc, out=best)
-        del pc, better
     return labels
