@@ -170,3 +170,13 @@ def test_demo_runs_and_draws(tmp_path, capsys):
     assert "Liver" in text and (tmp_path / "d" / "phantom_overlay.png").stat().st_size > 1000
     mean = float(next(line for line in text.splitlines() if line.startswith("mean")).split()[1])
     assert mean > 0.8
+
+
+def test_segment_under_torchrun_takes_this_ranks_share(tmp_path, capsys, phantom, monkeypatch):
+    inputs = [_write(phantom.image, tmp_path / "in" / f"c{i}.nii.gz") for i in range(3)]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _ = _run(capsys, "segment", *inputs, "--model", "phantom-unet", "--output", tmp_path / "o", "--device", "cpu")
+    assert code == 0
+    assert _outputs(tmp_path / "o") == ["c1.seg.nrrd", "c1_labels.nii.gz", "c1_report.json"]

@@ -67,8 +67,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_segment(a) -> int:
     from .segment import segment_files
+    from .training import distributed as dd
 
-    reports = segment_files(a.inputs, a.model, a.output, device=a.device, overwrite=a.overwrite,
+    inputs, device, info = a.inputs, a.device, dd.from_env()
+    if info.enabled:  # under torchrun: each rank takes its share of the inputs and its own GPU
+        inputs = dd.shard(inputs, info)
+        if device in ("auto", "cuda", "gpu"):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+        if not inputs:
+            return 0
+    reports = segment_files(inputs, a.model, a.output, device=device, overwrite=a.overwrite,
                             batch_size=a.batch_size)
     for r in reports:
         print(f"{r['input']}: {r['seconds']['total']:.1f} s on {r['device']} -> {r['outputs']['segmentation']}")
