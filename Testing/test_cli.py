@@ -34,14 +34,16 @@ def test_segment_end_to_end_as_a_child_process(tmp_path, phantom, phantom_file):
                            "phantom-unet", "--output", str(out), "--device", "cpu"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert _outputs(out) == ["case.seg.nrrd", "case_labels.nii.gz", "case_report.json"]
+    assert _outputs(out) == ["case.seg.nrrd", "case_confidence.nii.gz", "case_labels.nii.gz", "case_report.json",
+                             "case_rois.json", "case_rois.seg.nrrd"]
     labels = sitk.ReadImage(str(out / "case_labels.nii.gz"))
     for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):  # the input's grid, exactly
         np.testing.assert_allclose(getattr(labels, get)(), getattr(phantom.image, get)(), atol=1e-5)
     pred, truth = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(phantom.label)
     assert dice(pred == 1, truth == 1) > 0.9 and dice(pred == 2, truth == 2) > 0.8
     seg = slicerio.read_segmentation(str(out / "case.seg.nrrd"))
-    assert [s["name"] for s in seg["segments"]] == ["Liver", "SpinalCord", "Tumour", "LeftGland", "RightGland"]
+    assert [s["name"] for s in seg["segments"]] == ["Liver", "SpinalCord", "Tumour", "LeftGland", "RightGland",
+                                                    "Low confidence"]
     report = json.loads((out / "case_report.json").read_text())
     assert report["model"] == "phantom-unet" and report["device"] == "cpu"
     assert {"preprocess", "infer", "resample", "write", "total"} <= set(report["seconds"])
@@ -179,4 +181,4 @@ def test_segment_under_torchrun_takes_this_ranks_share(tmp_path, capsys, phantom
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _ = _run(capsys, "segment", *inputs, "--model", "phantom-unet", "--output", tmp_path / "o", "--device", "cpu")
     assert code == 0
-    assert _outputs(tmp_path / "o") == ["c1.seg.nrrd", "c1_labels.nii.gz", "c1_report.json"]
+    assert [n for n in _outputs(tmp_path / "o") if n.endswith("labels.nii.gz")] == ["c1_labels.nii.gz"]

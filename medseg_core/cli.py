@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_CANCELLED, EXIT_INPUT, MedSegError
+from .errors import EXIT_CANCELLED, EXIT_INPUT, InputError, MedSegError
+
+
+PROGRESS_HELP = ("bar (on a terminal), json (one event per line on stdout, see docs/protocol.md) or none; "
+                 "default: bar when stderr is a terminal, else none")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--batch-size", type=int, default=4, help="sliding windows per forward pass")
+    s.add_argument("--tta", action="store_true", help="average over the flips the model was trained with")
+    s.add_argument("--no-confidence", action="store_true", help="skip the confidence map")
+    s.add_argument("--confidence-threshold", type=float, default=0.5,
+                   help="confidence under which voxels join the 'Low confidence' segment (default 0.5)")
+    s.add_argument("--roi", metavar="x0,y0,z0,x1,y1,z1", help="segment only inside this box (LPS mm)")
+    s.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     m = sub.add_parser("models", help="list the installed models")
     m.add_argument("--json", action="store_true", help="machine-readable output")
@@ -50,7 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
     t.add_argument("--steps", type=int, help="override the config's number of steps")
     t.add_argument("--preprocess-only", action="store_true", help="build the cache and stop")
-    t.add_argument("--progress", default="bar", choices=["bar", "none"])
+    t.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
+
+    f = sub.add_parser("finetune", help="fine-tune a model on corrected segmentations")
+    f.add_argument("--model", required=True, help="model name or package folder (never modified)")
+    f.add_argument("--image", action="append", required=True, help="an image; repeat with --label per case")
+    f.add_argument("--label", action="append", required=True,
+                   help="its corrected labelmap or .seg.nrrd (segments matched to the model's labels by name)")
+    f.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    f.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    f.add_argument("--name", help="name of the new model (default NAME-ft-<date-time>)")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
+    f.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     e = sub.add_parser("evaluate", help="Dice and HD95 of predictions against references")
     e.add_argument("--pred", required=True, help="folder of predicted labelmaps")
@@ -79,10 +102,21 @@ def cmd_segment(a) -> int:
                 torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
         if not inputs:
             return 0
+    from .inference.regions import parse_box
+
+    if not 0.0 <= a.confidence_threshold <= 1.0:
+        raise InputError(f"--confidence-threshold {a.confidence_threshold}: must be within [0, 1]")
+    roi = parse_box(a.roi) if a.roi else None
     reports = segment_files(inputs, a.model, a.output, device=device, overwrite=a.overwrite,
-                            batch_size=a.batch_size)
-    for r in reports:
-        print(f"{r['input']}: {r['seconds']['total']:.1f} s on {r['device']} -> {r['outputs']['segmentation']}")
+                            batch_size=a.batch_size, progress=_reporter(a), tta=a.tta,
+                            confidence=not a.no_confidence, confidence_threshold=a.confidence_threshold,
+                            roi_mm=roi)
+    _close(a)
+    if a.progress == "json":
+        a.reporter.result([r["outputs"] for r in reports], f"{len(reports)} case(s) segmented")
+    else:
+        for r in reports:
+            print(f"{r['input']}: {r['seconds']['total']:.1f} s on {r['device']} -> {r['outputs']['segmentation']}")
     return 0
 
 
@@ -121,9 +155,34 @@ def cmd_train(a) -> int:
 
         prepare_cache(cfg, a.data, Path(a.cache) if a.cache else Path(a.run) / "cache", a.split)
         return 0
+    json_mode = a.progress == "json"
+    reporter = _reporter(a) if json_mode else None
     res = train(cfg, a.run, data_dir=a.data, cache_dir=a.cache, output=a.export, device=a.device,
-                resume=a.resume, split_file=a.split, progress=a.progress)
-    print(f"best validation Dice {res.best_dice:.4f} after {res.steps} steps, {res.seconds:.0f} s -> {res.package_dir}")
+                resume=a.resume, split_file=a.split, progress="none" if json_mode else a.progress,
+                callback=reporter, log=reporter.log if json_mode else print)
+    summary = f"best validation Dice {res.best_dice:.4f} after {res.steps} steps, {res.seconds:.0f} s -> {res.package_dir}"
+    if json_mode:
+        a.reporter.result({"model": str(res.package_dir), "best_dice": res.best_dice, "steps": res.steps}, summary)
+    else:
+        print(summary)
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from .finetune import finetune
+
+    if len(a.image) != len(a.label):
+        raise InputError(f"--image given {len(a.image)} times but --label {len(a.label)} times; give one label per image")
+    res = finetune(a.model, list(zip(a.image, a.label)), steps=a.steps, lr=a.lr, name=a.name, device=a.device,
+                   progress=_reporter(a))
+    _close(a)
+    summary = (f"{res.package_dir}: Dice on the corrected case(s) {res.dice_before:.4f} -> {res.dice_after:.4f} "
+               f"({res.steps} steps, {res.seconds:.1f} s)")
+    if a.progress == "json":
+        a.reporter.result({"model": str(res.package_dir), "name": Path(res.package_dir).name,
+                           "dice_before": res.dice_before, "dice_after": res.dice_after}, summary)
+    else:
+        print(summary)
     return 0
 
 
@@ -154,20 +213,54 @@ def cmd_demo(a) -> int:
     return 0
 
 
-COMMANDS = {"segment": cmd_segment, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
-            "demo": cmd_demo}
+def _reporter(a):
+    """The progress callback for ``--progress``: a JSON-lines reporter, a bar, or nothing."""
+    from .progress import BarReporter, JsonReporter, null_progress
+
+    mode = getattr(a, "progress", "none")
+    a.reporter = JsonReporter() if mode == "json" else BarReporter() if mode == "bar" else null_progress
+    return a.reporter
+
+
+def _close(a) -> None:
+    close = getattr(getattr(a, "reporter", None), "close", None)
+    if close:
+        close()
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+COMMANDS = {"segment": cmd_segment, "models": cmd_models, "train": cmd_train, "finetune": cmd_finetune,
+            "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. SIGTERM, like Ctrl-C, ends it with exit code 130; what it was writing is
+    removed on the way out (outputs are staged under temporary names)."""
     args = _parser().parse_args(argv)
+    if hasattr(args, "progress") and args.progress is None:
+        args.progress = "bar" if sys.stderr.isatty() else "none"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except MedSegError as exc:
-        print(f"medseg: error: {exc}", file=sys.stderr)
+        _close(args)
+        _fail(args, str(exc), exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("medseg: interrupted", file=sys.stderr)
+        _close(args)
+        _fail(args, "interrupted", EXIT_CANCELLED)
         return EXIT_CANCELLED
+
+
+def _fail(args, message: str, code: int) -> None:
+    print(f"medseg: error: {message}" if code != EXIT_CANCELLED else "medseg: interrupted", file=sys.stderr)
+    reporter = getattr(args, "reporter", None)
+    if getattr(args, "progress", None) == "json" and hasattr(reporter, "error"):
+        reporter.error(message, code)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """``medseg segment``: one call that serves the command line, the Slicer module's worker and tests.
 
-For each input ``DIR/STEM_labels.nii.gz`` (labelmap on the input grid), ``DIR/STEM.seg.nrrd``
-(Slicer segmentation) and ``DIR/STEM_report.json`` are written to temporary names and renamed
-together at the end, so an error or interruption leaves nothing partial behind.
+For each input: ``DIR/STEM_labels.nii.gz`` (labelmap on the input grid), ``DIR/STEM.seg.nrrd``
+(Slicer segmentation, with a "Low confidence" segment), ``DIR/STEM_confidence.nii.gz`` (float32
+in [0, 1], 1 = confident), ``DIR/STEM_rois.json`` and ``DIR/STEM_rois.seg.nrrd`` (the small
+organs' regions, for models that name small organs) and ``DIR/STEM_report.json``. They are
+written to temporary names and renamed together at the end, so an error or interruption leaves
+nothing partial behind.
 """
 
 from __future__ import annotations
@@ -33,9 +36,20 @@ def stem_of(path: str | Path) -> str:
     return p.stem
 
 
-def output_paths(output_dir: Path, stem: str) -> dict[str, Path]:
-    return {"labels": output_dir / f"{stem}_labels.nii.gz", "segmentation": output_dir / f"{stem}.seg.nrrd",
-            "report": output_dir / f"{stem}_report.json"}
+LOW_CONFIDENCE = "Low confidence"
+LOW_CONFIDENCE_COLOR = (1.0, 0.85, 0.0)
+
+
+def output_paths(output_dir: Path, stem: str, confidence: bool = True, rois: bool = False) -> dict[str, Path]:
+    """The files ``segment`` writes for one input."""
+    out = {"labels": output_dir / f"{stem}_labels.nii.gz", "segmentation": output_dir / f"{stem}.seg.nrrd",
+           "report": output_dir / f"{stem}_report.json"}
+    if confidence:
+        out["confidence"] = output_dir / f"{stem}_confidence.nii.gz"
+    if rois:
+        out["rois"] = output_dir / f"{stem}_rois.json"
+        out["rois_segmentation"] = output_dir / f"{stem}_rois.seg.nrrd"
+    return out
 
 
 def channel_paths(path: Path, n_channels: int) -> list[Path]:
@@ -56,19 +70,29 @@ def volumes_ml(labels: np.ndarray, spacing, names: dict[int, str]) -> dict[str, 
 
 
 def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, device: str = "auto",
-                  overwrite: bool = False, batch_size: int = 4,
-                  progress: Callable[[str, float, str], None] | None = None, predictor=None) -> list[dict]:
+                  overwrite: bool = False, batch_size: int = 4, progress: Callable | None = None,
+                  predictor=None, tta: bool = False, confidence: bool = True,
+                  confidence_threshold: float = 0.5, roi_mm: list[float] | None = None) -> list[dict]:
     """Segment each input with ``model``; returns one report dict per input.
 
     Args:
-        progress: optional ``(stage, fraction, message)`` callback.
+        progress: optional ``(stage, fraction, message="", eta_s=None)`` callback.
         predictor: an already loaded :class:`~medseg_core.inference.predictor.Predictor` to reuse.
+        tta: average over the flips the model was trained with.
+        confidence: write the confidence map and the "Low confidence" segment.
+        confidence_threshold: voxels under it (in or next to the foreground) are "Low confidence".
+        roi_mm: segment only inside this LPS box (x0, y0, z0, x1, y1, z1) in mm.
     """
+    import SimpleITK as sitk
+
+    from .inference.confidence import low_confidence_mask, mean_per_label
     from .inference.predictor import Predictor
-    from .io import OutputSet, check_writable_dir, is_constant, read_image, write_labelmap, write_segmentation
+    from .inference.regions import box_mask, component_regions
+    from .io import (OutputSet, check_writable_dir, is_constant, read_image, write_float_volume, write_labelmap,
+                     write_segmentation)
     from .models import find_model
 
-    report_cb = progress or (lambda stage, fraction, message="": None)
+    report_cb = progress or (lambda *a, **k: None)
     output_dir = Path(output_dir)
     inputs = [Path(p) for p in inputs]
     for p in inputs:
@@ -78,59 +102,94 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:
         raise InputError(f"{sorted(dup)[0]}: two inputs share this name; their outputs would collide")
+    package = predictor.package if predictor is not None else find_model(model)
+    card = package.card
+    names = card.label_names()
+    small = {v: n for v, n in names.items() if n in set(card.small_organs)}
+    plan = {s: output_paths(output_dir, s, confidence, bool(small)) for s in stems}
     if not overwrite:
-        for s in stems:
-            for path in output_paths(output_dir, s).values():
+        for outs in plan.values():
+            for path in outs.values():
                 if path.exists():
                     raise InputError(f"{path}: output exists (use --overwrite to replace it)")
     check_writable_dir(output_dir)
     t0 = time.perf_counter()
-    pred = predictor or Predictor(find_model(model), device=device, batch_size=batch_size,
-                                  progress=lambda stage, f: report_cb(stage, f, ""))
-    card = pred.card
-    names = card.label_names()
+    report_cb("load", 0.0, f"loading {card.name}")
+    pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb)
+    if tta and not pred.mirror[0]:
+        print(f"medseg: warning: {card.name} was trained without flips; --tta has nothing to average",
+              file=sys.stderr)
     reports = []
     for i, (path, stem) in enumerate(zip(inputs, stems)):
-        report_cb("read", i / len(inputs), f"reading {path}")
+        report_cb("read", i / len(inputs), f"reading {path.name}")
         t = time.perf_counter()
-        images = [read_image(p) for p in channel_paths(path, len(card.channels))]
-        for p, im in zip(channel_paths(path, len(card.channels)), images[1:]):
+        paths = channel_paths(path, len(card.channels))
+        images = [read_image(p) for p in paths]
+        for p, im in zip(paths[1:], images[1:]):
             if im.GetSize() != images[0].GetSize():
                 raise InputError(f"{p}: channel grid {im.GetSize()} differs from {images[0].GetSize()}")
         seconds = {"load_model": round(pred.load_seconds, 3) if i == 0 and predictor is None else 0.0,
                    "read": time.perf_counter() - t}
         warnings = []
+        result = None
         if is_constant(images[0]):
-            import SimpleITK as sitk
-
             msg = f"{path}: the image is constant; writing an empty segmentation"
             print(f"medseg: warning: {msg}", file=sys.stderr)
             warnings.append(msg)
             label_img = sitk.Image(images[0].GetSize(), sitk.sitkUInt8)
             label_img.CopyInformation(images[0])
+            conf = np.ones(images[0].GetSize()[::-1], np.float32) if confidence else None
         else:
-            result = pred.predict(images)
-            label_img = result.labels
+            result = pred.predict(images, tta=tta, confidence=confidence, roi_mm=roi_mm)
+            label_img, conf = result.labels, result.confidence
             seconds.update(result.seconds)
-        report_cb("write", 1.0, f"writing {stem}")
+        report_cb("write", 0.0, f"writing {stem}")
         t = time.perf_counter()
-        import SimpleITK as sitk
-
         lab_arr = sitk.GetArrayViewFromImage(label_img)
-        outs = output_paths(output_dir, stem)
+        outs = plan[stem]
         report = {
             "input": str(path), "model": card.name, "version": card.version, "device": str(pred.device),
             "labels": {str(v): n for v, n in names.items()},
             "volumes_ml": volumes_ml(np.asarray(lab_arr), label_img.GetSpacing(), names),
+            "tta_passes": result.tta if result is not None else 0, "roi_mm": roi_mm,
             "warnings": warnings, "outputs": {k: str(v) for k, v in outs.items()},
         }
+        extra = []
+        if conf is not None:
+            report["confidence_threshold"] = confidence_threshold
+            report["mean_confidence"] = mean_per_label(conf, np.asarray(lab_arr), names)
+            low = low_confidence_mask(conf, np.asarray(lab_arr), confidence_threshold,
+                                      label_img.GetSpacing()[::-1])
+            report["low_confidence_ml"] = round(float(low.sum()) * float(np.prod(label_img.GetSpacing())) / 1000, 3)
+            extra.append((LOW_CONFIDENCE, LOW_CONFIDENCE_COLOR, low))
+        regions = []
+        if small:
+            prob = result.class_probability if result is not None else None
+            regions = component_regions(label_img, small, prob)
+            report["regions"] = len(regions)
         with OutputSet() as staged:
             write_labelmap(label_img, staged.stage(outs["labels"]))
-            write_segmentation(label_img, card.labels, staged.stage(outs["segmentation"]))
+            write_segmentation(label_img, card.labels, staged.stage(outs["segmentation"]), extra_segments=extra)
+            if conf is not None:
+                conf_img = sitk.GetImageFromArray(conf)
+                conf_img.CopyInformation(label_img)
+                write_float_volume(conf_img, staged.stage(outs["confidence"]))
+            if small:
+                colors = {lab.value: lab.color for lab in card.labels}
+                staged.stage(outs["rois"]).write_text(json.dumps(
+                    {"model": card.name, "image": str(path), "small_organs": list(small.values()),
+                     "coordinates": "LPS mm; box_index is [i0, j0, k0, i1, j1, k1) in the image's voxel indices",
+                     "regions": regions}, indent=1) + "\n")
+                empty = sitk.Image(label_img.GetSize(), sitk.sitkUInt8)
+                empty.CopyInformation(label_img)
+                boxes = [(f"{r['label']} region {k + 1}", colors.get(r["value"], (0.5, 0.5, 0.5)),
+                          box_mask(label_img, r["box_index"])) for k, r in enumerate(regions)]
+                write_segmentation(empty, [], staged.stage(outs["rois_segmentation"]), extra_segments=boxes)
             seconds["write"] = time.perf_counter() - t
             seconds["total"] = sum(v for k, v in seconds.items())
             report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
             staged.stage(outs["report"]).write_text(json.dumps(report, indent=1) + "\n")
         reports.append(report)
+        report_cb("write", 1.0, f"{stem} done")
     report_cb("done", 1.0, f"{len(inputs)} case(s) in {time.perf_counter() - t0:.1f} s")
     return reports

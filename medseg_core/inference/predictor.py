@@ -1,7 +1,12 @@
-"""Run a model package on images: preprocess, sliding windows, back to the input grid."""
+"""Run a model package on images: preprocess, sliding windows, back to the input grid.
+
+Options: mirror test-time augmentation (the flips the model was trained with, swapping paired
+left/right labels), a per-voxel confidence map, and a user box to segment inside.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -10,10 +15,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..data.preprocess import Grid, PreprocessConfig, Preprocessor, probabilities_to_labels
+from ..data.preprocess import Grid, PreprocessConfig, Preprocessor, probabilities_to_labels, to_input_grid
 from ..models import ModelPackage
+from .confidence import entropy_confidence
 from .device import resolve_device
+from .regions import physical_box_to_index
 from .sliding_window import sliding_window_predict
+
+ROI_CONTEXT_MM = 15.0  # context kept around a user box so the network sees the surroundings
 
 
 @dataclass
@@ -21,14 +30,23 @@ class Prediction:
     """Attributes:
         labels: labelmap on the input grid (same origin, spacing, direction and size).
         probabilities: (N, z, y, x) float32 class probabilities on the model grid.
-        grid: the model grid (for mapping further maps back with ``to_input_grid``).
+        grid: the model grid (map further model-grid arrays back with ``to_input_grid``).
+        confidence: (z, y, x) float32 in [0, 1] on the input grid, or None.
         seconds: wall time per stage.
+        tta: number of mirrored passes averaged.
     """
 
     labels: sitk.Image
     probabilities: np.ndarray
     grid: Grid
+    confidence: np.ndarray | None = None
     seconds: dict = field(default_factory=dict)
+    tta: int = 1
+    reference: sitk.Image | None = None
+
+    def class_probability(self, value: int) -> np.ndarray:
+        """One class's probability on the input grid (z, y, x)."""
+        return to_input_grid(self.probabilities[value], self.grid, self.reference, default=0.0)
 
 
 class Predictor:
@@ -39,52 +57,111 @@ class Predictor:
         device: "auto", "cpu", "cuda" or "mps".
         batch_size: windows per forward pass.
         overlap: window overlap fraction.
-        progress: optional callback ``(stage, fraction)``.
+        progress: optional callback ``(stage, fraction, message="", eta_s=None)``.
     """
 
     def __init__(self, package: ModelPackage, device: str = "auto", batch_size: int = 4,
-                 overlap: float = 0.5, progress: Callable[[str, float], None] | None = None):
+                 overlap: float = 0.5, progress: Callable | None = None):
         t0 = time.perf_counter()
         self.package = package
         self.card = package.card
         self.device = resolve_device(device)
         self.net = package.build(self.device)
+        self.has_confidence_head = getattr(self.net, "confidence_net", None) is not None
         self.preprocessor = Preprocessor(PreprocessConfig.from_dict(self.card.preprocessing))
         self.batch_size = batch_size
         self.overlap = overlap
-        self.progress = progress or (lambda stage, fraction: None)
+        self.progress = progress or (lambda *a, **k: None)
         self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def mirror(self) -> tuple[list[int], list[list[int]]]:
+        """The flips the model was trained with: (spatial axes, label pairs swapped by the last)."""
+        cfg = self.card.training.get("config", {}) if isinstance(self.card.training, dict) else {}
+        return list(cfg.get("mirror_axes") or []), [list(p) for p in cfg.get("mirror_swap") or []]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.card.spatial_dims == 2:  # windows are (B, C, 1, y, x): run the 2D net per slice
-            return self.net(batch[:, :, 0]).logits[:, :, None]
-        return self.net(batch).logits
+            out = self.net(batch[:, :, 0])
+            logits = out.logits[:, :, None]
+            conf = out.confidence[:, :, None] if self.has_confidence_head and out.confidence is not None else None
+        else:
+            out = self.net(batch)
+            logits, conf = out.logits, out.confidence if self.has_confidence_head else None
+        return logits if conf is None else torch.cat([logits, conf], 1)
 
-    def predict_array(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities (N, z, y, x) for a preprocessed (C, z, y, x) array."""
+    def predict_array(self, image: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """(probabilities (N, z, y, x), confidence-head map or None, passes) for a (C, z, y, x) array."""
         patch = tuple(self.card.patch_size)
         if self.card.spatial_dims == 2:
             patch = (1,) + patch
-        probs = sliding_window_predict(
-            torch.from_numpy(image), self._forward, patch, self.card.num_classes, overlap=self.overlap,
-            batch_size=self.batch_size, device=self.device, amp=self.device.type == "cuda",
-            progress=lambda f: self.progress("infer", f))
-        return probs.numpy()
+        axes, swap = self.mirror if tta else ([], [])
+        flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+        n, extra = self.card.num_classes, int(self.has_confidence_head)
+        total = None
+        x = torch.from_numpy(image)
+        for i, flip in enumerate(flips):
+            dims = [a + 1 for a in flip]
+            xi = x.flip(dims) if dims else x
+            out = sliding_window_predict(
+                xi, self._forward, patch, n, overlap=self.overlap, batch_size=self.batch_size, device=self.device,
+                amp=self.device.type == "cuda", num_extra=extra,
+                progress=lambda f, i=i: self.progress("infer", (i + f) / len(flips), f"pass {i + 1}/{len(flips)}"))
+            if dims:
+                out = out.flip(dims)
+            if flip and axes[-1] in flip:
+                order = list(range(out.shape[0]))
+                for a, b in swap:
+                    order[a], order[b] = order[b], order[a]
+                out = out[order]
+            total = out if total is None else total + out
+        total = (total / len(flips)).numpy()
+        return total[:n], (total[n] if extra else None), len(flips)
 
-    def predict(self, images: list[sitk.Image]) -> Prediction:
-        """Segment one case given its channels (the first is the reference grid)."""
+    def predict(self, images: list[sitk.Image], tta: bool = False, confidence: bool = True,
+                roi_mm: list[float] | None = None) -> Prediction:
+        """Segment one case given its channels (the first is the reference grid).
+
+        Args:
+            tta: average over the model's training flips.
+            confidence: also compute the confidence map on the input grid.
+            roi_mm: segment only inside this LPS box ``[x0, y0, z0, x1, y1, z1]``; outside is
+                background (confidence 1).
+        """
+        reference = images[0]
+        box = None
+        if roi_mm is not None:
+            lo, hi = physical_box_to_index(reference, roi_mm, ROI_CONTEXT_MM)
+            box = physical_box_to_index(reference, roi_mm, 0.0)
+            size = [h - l for l, h in zip(lo, hi)]
+            if min(size) <= 0 or min(h - l for l, h in zip(*box)) <= 0:
+                from ..errors import InputError
+
+                raise InputError(f"--roi {roi_mm}: the box does not overlap the image")
+            images = [sitk.RegionOfInterest(im, size, lo) for im in images]
         seconds = {}
         t = time.perf_counter()
         self.progress("preprocess", 0.0)
         pre = self.preprocessor(images)
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        probs = self.predict_array(pre.image)
+        probs, head, passes = self.predict_array(pre.image, tta)
         seconds["infer"] = time.perf_counter() - t
         t = time.perf_counter()
         self.progress("resample", 0.0)
-        lab = probabilities_to_labels(probs, pre.grid, images[0])
+        lab = probabilities_to_labels(probs, pre.grid, reference)
+        conf = None
+        if confidence:
+            model_conf = head if head is not None else entropy_confidence(probs)
+            conf = to_input_grid(model_conf, pre.grid, reference, default=1.0)
+        if box is not None:  # outside the user's box: background, and certain of it
+            (i0, j0, k0), (i1, j1, k1) = box
+            inside = np.zeros(lab.shape, dtype=bool)
+            inside[k0:k1, j0:j1, i0:i1] = True
+            lab[~inside] = 0
+            if conf is not None:
+                conf[~inside] = 1.0
         out = sitk.GetImageFromArray(lab)
-        out.CopyInformation(images[0])
+        out.CopyInformation(reference)
         seconds["resample"] = time.perf_counter() - t
-        return Prediction(out, probs, pre.grid, seconds)
+        return Prediction(out, probs, pre.grid, conf, seconds, passes, reference)

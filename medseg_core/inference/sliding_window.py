@@ -51,19 +51,22 @@ def sliding_window_predict(
     accumulate_device: str | torch.device = "cpu",
     amp: bool = False,
     progress: Callable[[float], None] | None = None,
+    num_extra: int = 0,
 ) -> torch.Tensor:
     """Softmax probabilities of a whole image by blended windows.
 
     Args:
         image: (C, *S) one case, any spatial size S (padded internally if smaller than a patch).
-        predictor: maps (B, C, *patch) on ``device`` to logits (B, num_classes, *patch).
+        predictor: maps (B, C, *patch) on ``device`` to logits (B, num_classes + num_extra, *patch).
         patch_size: window size, same length as S.
         progress: called with the fraction of windows done.
+        num_extra: trailing predictor channels that are independent logits (e.g. a confidence
+            head): blended after a sigmoid instead of joining the softmax.
 
     Returns:
-        (num_classes, *S) float32 probabilities on ``accumulate_device``; they sum to one.
+        (num_classes + num_extra, *S) float32 on ``accumulate_device``: class probabilities that
+        sum to one, then the extra channels' sigmoid.
     """
-    nd = len(patch_size)
     spatial = tuple(image.shape[1:])
     pad = [max(0, p - s) for s, p in zip(spatial, patch_size)]
     if any(pad):
@@ -75,7 +78,7 @@ def sliding_window_predict(
     starts = [window_starts(s, p, overlap) for s, p in zip(full, patch_size)]
     boxes = list(itertools.product(*starts))
     weight = gaussian_importance(tuple(patch_size)).to(accumulate_device)
-    acc = torch.zeros((num_classes, *full), dtype=torch.float32, device=accumulate_device)
+    acc = torch.zeros((num_classes + num_extra, *full), dtype=torch.float32, device=accumulate_device)
     norm = torch.zeros(full, dtype=torch.float32, device=accumulate_device)
     dev_type = torch.device(device).type
     with torch.inference_mode():
@@ -86,7 +89,11 @@ def sliding_window_predict(
             with torch.autocast(dev_type, dtype=torch.bfloat16 if dev_type == "cuda" else torch.float16,
                                 enabled=amp and dev_type == "cuda"):
                 logits = predictor(batch)
-            probs = torch.softmax(logits.float(), dim=1).to(accumulate_device)
+            logits = logits.float()
+            probs = torch.softmax(logits[:, :num_classes], dim=1)
+            if num_extra:
+                probs = torch.cat([probs, torch.sigmoid(logits[:, num_classes:])], dim=1)
+            probs = probs.to(accumulate_device)
             for i, s in enumerate(sl):
                 acc[(slice(None),) + s] += probs[i] * weight
                 norm[s] += weight

@@ -34,7 +34,7 @@ from . import distributed as dd
 from .config import TrainConfig
 from .data import load_tensors, normalization_for, prepare_cache
 
-Progress = Callable[[str, float, float | None, str], None]
+Progress = Callable[..., None]  # (stage, fraction, message="", eta_s=None), see medseg_core.progress
 
 
 @dataclass
@@ -115,7 +115,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
         cache_dir: the preprocessing cache (default ``run_dir/cache``).
         output: where the final package is copied (atomically); default ``run_dir/best`` only.
         resume: continue from ``run_dir/last``.
-        progress: "bar" (tqdm), or "none"; ``callback`` receives (stage, fraction, eta_s, message).
+        progress: "bar" (tqdm), or "none"; ``callback`` receives (stage, fraction, message, eta_s).
     """
     t_start = time.time()
     info = dd.from_env()
@@ -255,7 +255,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
             bar.n = int(1000 * fraction)
             bar.set_postfix(step=step, loss=f"{running:.3f}", best=f"{max(best, 0):.3f}")
         if callback is not None and info.is_main:
-            callback("train", fraction, eta, f"step {step} loss {running:.4f}")
+            callback("train", fraction, f"step {step} loss {running:.4f}", eta)
         if step % config.val_every == 0 or done:
             if info.is_main and val_images:
                 dice = validate(net, val_images, val_labels, n_cls, config.patch_size, dev, spatial_dims)

@@ -1,0 +1,52 @@
+"""Per-voxel confidence from class probabilities, and the "Low confidence" region.
+
+For networks without a confidence head the score is one minus the normalised entropy of the
+class probabilities: 1 where one class has all the mass, 0 where all classes are equally likely.
+Averaging the probabilities over flipped copies first (``--tta``) makes it also reflect how
+stable the prediction is under mirroring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def entropy_confidence(probs: np.ndarray) -> np.ndarray:
+    """``1 - H(p) / log(N)`` per voxel for probabilities (N, *S); float32 in [0, 1].
+
+    >>> entropy_confidence(np.array([[1.0, 0.5], [0.0, 0.5]])).round(3).tolist()
+    [1.0, 0.0]
+    """
+    n = probs.shape[0]
+    p = np.clip(probs, 1e-12, 1.0)
+    h = -(probs * np.log(p)).sum(0)
+    return np.clip(1.0 - h / np.log(n), 0.0, 1.0).astype(np.float32)
+
+
+def low_confidence_mask(confidence: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
+                        spacing_zyx=None, margin_mm: float = 5.0) -> np.ndarray:
+    """Voxels under ``threshold`` that are inside the foreground or within ``margin_mm`` of it."""
+    low = confidence < threshold
+    fg = labels > 0
+    if not fg.any() or not low.any():
+        return low & fg
+    img = sitk.GetImageFromArray(fg.astype(np.uint8))
+    if spacing_zyx is not None:
+        img.SetSpacing([float(s) for s in spacing_zyx[::-1]])
+        radius = [max(1, int(round(margin_mm / s))) for s in img.GetSpacing()]
+    else:
+        radius = [2, 2, 2]
+    near = sitk.GetArrayFromImage(sitk.BinaryDilate(img, radius, sitk.sitkBall)) > 0
+    return low & near
+
+
+def mean_per_label(confidence: np.ndarray, labels: np.ndarray, names: dict[int, str]) -> dict[str, float | None]:
+    """Mean confidence over the voxels given each label (None where the label is absent)."""
+    out = {}
+    flat_l, flat_c = labels.ravel(), confidence.ravel()
+    sums = np.bincount(flat_l, weights=flat_c, minlength=max(names, default=0) + 1)
+    counts = np.bincount(flat_l, minlength=max(names, default=0) + 1)
+    for v, name in names.items():
+        out[name] = round(float(sums[v] / counts[v]), 4) if counts[v] else None
+    return out

@@ -1,0 +1,94 @@
+"""Regions of interest: small organs found in a labelmap, and user boxes in physical space.
+
+Boxes are reported twice: in voxel indices of the input image (``[i0, j0, k0, i1, j1, k1]``,
+inclusive-exclusive, SimpleITK's (x, y, z) index order) and in physical LPS millimetres
+(``[x0, y0, z0, x1, y1, z1]``, the axis-aligned box around the voxels' corners).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+
+
+def index_box_to_physical(img: sitk.Image, lo, hi) -> list[float]:
+    """The LPS axis-aligned box (x0, y0, z0, x1, y1, z1) around voxels lo..hi-1 (their corners)."""
+    corners = [img.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+               for corner in itertools.product(*[(l - 0.5, h - 0.5) for l, h in zip(lo, hi)])]
+    pts = np.array(corners)
+    return [round(float(v), 3) for v in np.concatenate([pts.min(0), pts.max(0)])]
+
+
+def physical_box_to_index(img: sitk.Image, box_mm, margin_mm: float = 0.0) -> tuple[list[int], list[int]]:
+    """Voxel index range (lo, hi), clipped to the image, covering an LPS box grown by a margin."""
+    b = np.asarray(box_mm, dtype=float)
+    lo_mm, hi_mm = np.minimum(b[:3], b[3:]) - margin_mm, np.maximum(b[:3], b[3:]) + margin_mm
+    pts = np.array([img.TransformPhysicalPointToContinuousIndex(list(map(float, c)))
+                    for c in itertools.product(*zip(lo_mm, hi_mm))])
+    size = np.array(img.GetSize())
+    lo = np.clip(np.floor(pts.min(0) + 0.5).astype(int), 0, size)
+    hi = np.clip(np.ceil(pts.max(0) + 0.5).astype(int), 0, size)
+    return lo.tolist(), hi.tolist()
+
+
+def parse_box(text: str) -> list[float]:
+    """``"x0,y0,z0,x1,y1,z1"`` (LPS mm) -> six floats."""
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 6 or any(not np.isfinite(v) for v in vals):
+        raise InputError(f"--roi {text}: expected six numbers x0,y0,z0,x1,y1,z1 in LPS millimetres")
+    if any(a == b for a, b in zip(vals[:3], vals[3:])):
+        raise InputError(f"--roi {text}: the box is empty along one axis")
+    return vals
+
+
+def component_regions(labels: sitk.Image, organs: dict[int, str], probability=None, min_voxels: int = 3,
+                      max_per_organ: int = 3) -> list[dict]:
+    """Connected components of each small organ's label, largest first.
+
+    Args:
+        labels: labelmap on the input grid.
+        organs: {label value: name} of the small organs.
+        probability: optional ``f(value) -> (z, y, x) array`` of that class's probability on the
+            input grid; the score is its mean over the component (else the component's share
+            of the organ's voxels).
+    """
+    regions = []
+    arr = sitk.GetArrayViewFromImage(labels)
+    for value, name in organs.items():
+        mask = sitk.Equal(labels, int(value)) if (arr == value).any() else None
+        if mask is None:
+            continue
+        cc = sitk.RelabelComponent(sitk.ConnectedComponent(mask), min_voxels)
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(cc)
+        total = sum(stats.GetNumberOfPixels(k) for k in stats.GetLabels())
+        prob = probability(value) if probability is not None and stats.GetLabels() else None
+        cc_arr = sitk.GetArrayViewFromImage(cc)
+        for k in sorted(stats.GetLabels())[:max_per_organ]:
+            x, y, z, sx, sy, sz = stats.GetBoundingBox(k)
+            lo, hi = [x, y, z], [x + sx, y + sy, z + sz]
+            score = float(prob[cc_arr == k].mean()) if prob is not None else stats.GetNumberOfPixels(k) / total
+            regions.append({
+                "label": name, "value": int(value), "source": "components", "score": round(score, 4),
+                "voxels": int(stats.GetNumberOfPixels(k)),
+                "center_mm": [round(float(c), 3) for c in stats.GetCentroid(k)],
+                "box_mm": index_box_to_physical(labels, lo, hi),
+                "center_index": [int(round(c)) for c in labels.TransformPhysicalPointToContinuousIndex(stats.GetCentroid(k))],
+                "box_index": lo + hi,
+            })
+    return regions
+
+
+def box_mask(reference: sitk.Image, box_index) -> np.ndarray:
+    """A (z, y, x) boolean array with the voxel box ``[i0, j0, k0, i1, j1, k1]`` set."""
+    m = np.zeros(reference.GetSize()[::-1], dtype=bool)
+    i0, j0, k0, i1, j1, k1 = box_index
+    m[k0:k1, j0:j1, i0:i1] = True
+    return m
