@@ -43,6 +43,7 @@ def test_resampled_round_trip_keeps_geometry_and_shape(phantom):
     assert back.shape == truth.shape
     assert dice(back == 1, truth == 1) > 0.95  # the large organ survives two resamplings
     m = to_input_grid(np.ones(pre.label.shape, np.float32), pre.grid, phantom.image)
+    assert m.min() == 0.0 and m.max() == 1.0 and (m == 1.0).mean() > 0.3  # ones inside, default outside
     out = sitk.GetImageFromArray(m)
     out.CopyInformation(phantom.image)
     _same_geometry(out, phantom.image)

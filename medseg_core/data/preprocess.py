@@ -163,8 +163,8 @@ def to_input_grid(array_zyx: np.ndarray, grid: Grid, reference: sitk.Image, defa
         return out
     box, sub = region
     src = grid.image(np.ascontiguousarray(array_zyx, dtype=np.float32))
-    out[box] = sitk.GetArrayViewFromImage(
-        sitk.Resample(src, sub, sitk.Transform(), interp, float(default), sitk.sitkFloat32))
+    # GetArrayFromImage, not a view: the resampled image is a temporary
+    out[box] = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), interp, float(default), sitk.sitkFloat32))
     return out
 
 
