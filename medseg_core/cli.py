@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="folder for metrics.csv and metrics.json (default: --pred)")
     e.add_argument("--card", help="also record the summary in this model package's card")
 
+    sub.add_parser("worker", help="answer JSON requests on stdin, keeping models loaded (docs/protocol.md)")
+
     d = sub.add_parser("demo", help="segment a synthetic phantom with the bundled phantom model")
     d.add_argument("--output", default="demo_output", help="output folder")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
@@ -120,19 +122,26 @@ def cmd_segment(a) -> int:
     return 0
 
 
+def models_json() -> list[dict]:
+    """What ``medseg models --json`` prints: one entry per installed model."""
+    from .models import list_models
+
+    out = []
+    for m in list_models():
+        c = m.card
+        out.append({"name": c.name, "version": c.version, "description": c.description, "modality": c.modality,
+                    "channels": c.channels, "labels": [lab.to_dict() for lab in c.labels],
+                    "network": c.network.get("name"), "source": m.source, "path": str(m.path),
+                    "validation": c.validation, "parent": c.parent, "small_organs": c.small_organs})
+    return out
+
+
 def cmd_models(a) -> int:
     from .models import list_models
 
     models = list_models()
     if a.json:
-        out = []
-        for m in models:
-            c = m.card
-            out.append({"name": c.name, "version": c.version, "description": c.description, "modality": c.modality,
-                        "channels": c.channels, "labels": [lab.to_dict() for lab in c.labels],
-                        "network": c.network.get("name"), "source": m.source, "path": str(m.path),
-                        "validation": c.validation, "parent": c.parent, "small_organs": c.small_organs})
-        print(json.dumps(out, indent=1))
+        print(json.dumps(models_json(), indent=1))
     else:
         for m in models:
             c = m.card
@@ -206,6 +215,12 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_worker(a) -> int:
+    from .worker import Worker
+
+    return Worker().serve()
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -233,7 +248,7 @@ def _terminate(signum, frame):
 
 
 COMMANDS = {"segment": cmd_segment, "models": cmd_models, "train": cmd_train, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, "demo": cmd_demo}
+            "evaluate": cmd_evaluate, "demo": cmd_demo, "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

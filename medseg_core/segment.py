@@ -119,6 +119,8 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     if tta and not pred.mirror[0]:
         print(f"medseg: warning: {card.name} was trained without flips; --tta has nothing to average",
               file=sys.stderr)
+    fresh_load = not getattr(pred, "load_reported", False)  # a reused predictor loaded nothing now
+    pred.load_reported = True
     reports = []
     for i, (path, stem) in enumerate(zip(inputs, stems)):
         report_cb("read", i / len(inputs), f"reading {path.name}")
@@ -128,7 +130,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         for p, im in zip(paths[1:], images[1:]):
             if im.GetSize() != images[0].GetSize():
                 raise InputError(f"{p}: channel grid {im.GetSize()} differs from {images[0].GetSize()}")
-        seconds = {"load_model": round(pred.load_seconds, 3) if i == 0 and predictor is None else 0.0,
+        seconds = {"load_model": round(pred.load_seconds, 3) if i == 0 and fresh_load else 0.0,
                    "read": time.perf_counter() - t}
         warnings = []
         result = None

@@ -35,5 +35,12 @@ def build_network(name: str, **kwargs) -> nn.Module:
 
 
 def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    from . import unet  # noqa: F401
+    """Import every network module of this package, which runs their ``@register`` decorators."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    skip = {"registry", "factories", "output", "layers"}
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.name not in skip and not mod.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{mod.name}")

@@ -1,0 +1,101 @@
+"""``medseg worker``: a long-lived process that keeps models loaded between requests.
+
+It reads one JSON request per line on stdin and answers with the events of the progress protocol
+(``docs/protocol.md``) on stdout, each carrying the request's ``id``; the last event of a request
+is a ``result`` or an ``error``. Requests are handled one at a time, in order.
+
+Requests::
+
+    {"id": "1", "command": "segment", "args": {"inputs": [...], "model": "hn-oar-unet", "output": "DIR",
+                                             "device": "auto", "tta": false, "confidence": true,
+                                             "confidence_threshold": 0.5, "roi": null, "overwrite": false}}
+    {"id": "2", "command": "finetune", "args": {"model": ..., "cases": [[image, label], ...], "steps": null,
+                                              "lr": null, "name": null, "device": "auto"}}
+    {"id": "3", "command": "models"}
+    {"id": "4", "command": "shutdown"}
+
+A loaded model (and its device's warm-up) is reused by later ``segment`` requests for the same
+package, device and batch size; a ``finetune`` that creates a new model leaves the cache as is.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TextIO
+
+from .errors import EXIT_INPUT, MedSegError
+from .progress import JsonReporter
+
+
+class Worker:
+    def __init__(self, stdout: TextIO | None = None):
+        self.stdout = stdout or sys.stdout
+        self.predictors: dict[tuple, object] = {}
+
+    def predictor(self, model: str, device: str, batch_size: int):
+        from .inference.predictor import Predictor
+        from .models import find_model
+
+        pkg = find_model(model)
+        key = (str(pkg.path.resolve()), pkg.card.weights.get("sha256"), device, batch_size)
+        if key not in self.predictors:
+            self.predictors[key] = Predictor(pkg, device=device, batch_size=batch_size)
+        return self.predictors[key], key
+
+    def segment(self, args: dict, reporter: JsonReporter):
+        from .segment import segment_files
+
+        pred, _ = self.predictor(args["model"], args.get("device", "auto"), int(args.get("batch_size", 4)))
+        pred.progress = reporter
+        cached = getattr(pred, "load_reported", False)
+        reports = segment_files(args["inputs"], args["model"], args["output"], overwrite=bool(args.get("overwrite")),
+                                progress=reporter, predictor=pred, tta=bool(args.get("tta")),
+                                confidence=args.get("confidence", True),
+                                confidence_threshold=float(args.get("confidence_threshold", 0.5)),
+                                roi_mm=args.get("roi"))
+        return {"reports": reports, "model_was_loaded": cached}
+
+    def finetune(self, args: dict, reporter: JsonReporter):
+        from .finetune import finetune
+
+        res = finetune(args["model"], [tuple(c) for c in args["cases"]], steps=args.get("steps"), lr=args.get("lr"),
+                       name=args.get("name"), device=args.get("device", "auto"), progress=reporter)
+        return {"model": str(res.package_dir), "name": res.package_dir.name, "dice_before": res.dice_before,
+                "dice_after": res.dice_after, "steps": res.steps, "seconds": res.seconds}
+
+    def models(self, args: dict, reporter: JsonReporter):
+        from .cli import models_json
+
+        return models_json()
+
+    def handle(self, line: str) -> bool:
+        """Answer one request line; returns False on shutdown."""
+        try:
+            req = json.loads(line)
+            rid = req.get("id")
+            command = req["command"]
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            JsonReporter(self.stdout).error(f"bad request ({exc}): {line.strip()[:200]}", EXIT_INPUT)
+            return True
+        reporter = JsonReporter(self.stdout, extra={"id": rid})
+        if command == "shutdown":
+            reporter.result(None, "bye")
+            return False
+        handler = {"segment": self.segment, "finetune": self.finetune, "models": self.models}.get(command)
+        if handler is None:
+            reporter.error(f"unknown command {command!r} (segment, finetune, models, shutdown)", EXIT_INPUT)
+            return True
+        try:
+            reporter.result(handler(req.get("args", {}), reporter))
+        except MedSegError as exc:
+            reporter.error(str(exc), exc.exit_code)
+        except KeyError as exc:
+            reporter.error(f"request {rid}: missing argument {exc}", EXIT_INPUT)
+        return True
+
+    def serve(self, stdin: TextIO | None = None) -> int:
+        for line in stdin or sys.stdin:
+            if line.strip() and not self.handle(line):
+                break
+        return 0
