@@ -44,8 +44,11 @@ def test_confidence_is_in_range_and_on_the_input_grid(segmented):
 
 
 def test_entropy_confidence_known_values():
-    probs = np.array([[1.0, 0.5, 1 / 3], [0.0, 0.5, 1 / 3], [0.0, 0.0, 1 / 3]])
-    np.testing.assert_allclose(entropy_confidence(probs), [1.0, 1 - np.log(2) / np.log(3), 0.0], atol=1e-6)
+    probs = np.array([[1.0, 0.5, 1 / 3, 0.9], [0.0, 0.5, 1 / 3, 0.1], [0.0, 0.0, 1 / 3, 0.0]])
+    h09 = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(entropy_confidence(probs), [1.0, 0.0, 0.0, 1 - h09 / np.log(2)], atol=1e-6)
+    np.testing.assert_allclose(entropy_confidence(probs, "classes"),
+                               [1.0, 1 - np.log(2) / np.log(3), 0.0, 1 - h09 / np.log(3)], atol=1e-6)
 
 
 def test_low_confidence_only_near_the_foreground():
