@@ -158,3 +158,38 @@ def test_sigterm_ends_within_two_seconds_with_no_partial_output(tmp_path):
     stems = {n.split("_")[0].split(".")[0] for n in names}
     for stem in stems:  # a case is either complete or absent
         assert f"{stem}_report.json" in names and f"{stem}_labels.nii.gz" in names
+
+
+@pytest.mark.parametrize("net,kwargs,source", [
+    ("focusnet", {"small_organs": [4, 5], "roi_sizes": [[8, 12, 12], [8, 12, 12]], "heatmap_threshold": 0.0}, "heatmap"),
+    ("lsnet", {"score_threshold": 0.0, "lnet_features": [4, 8], "snet_features": [4, 8], "roi_size": 16}, "boxes"),
+])
+def test_regions_come_from_the_networks_own_heads(tmp_path, phantom, net, kwargs, source):
+    # Untrained weights: the regions mean nothing, but their path from heads to boxes is exercised.
+    import copy
+
+    import torch
+
+    from medseg_core.models import find_model, save_package
+    from medseg_core.nets import build_network
+
+    parent = find_model("phantom-unet").card
+    card = copy.deepcopy(parent)
+    card.name = f"tiny-{net}"
+    card.network = {"name": net, "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 6, **kwargs}}
+    card.training = {}
+    torch.manual_seed(0)
+    model = build_network(net, **card.network["kwargs"])
+    save_package(card, model.state_dict(), tmp_path / card.name)
+    path = tmp_path / "ph.nii.gz"
+    sitk.WriteImage(phantom.image, str(path))
+    report = segment_files([path], str(tmp_path / card.name), tmp_path / "o", device="cpu")[0]
+    regions = json.loads(open(report["outputs"]["rois"]).read())["regions"]
+    assert regions and {r["source"] for r in regions} == {source}
+    assert {r["label"] for r in regions} <= {"LeftGland", "RightGland"}
+    size = phantom.image.GetSize()
+    for r in regions:
+        i0, j0, k0, i1, j1, k1 = r["box_index"]
+        assert 0 <= i0 <= i1 <= size[0] and 0 <= j0 <= j1 <= size[1] and 0 <= k0 <= k1 <= size[2]
+        b = np.array(r["box_mm"])
+        assert np.all(b[:3] <= b[3:])

@@ -166,8 +166,11 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
             extra.append((LOW_CONFIDENCE, LOW_CONFIDENCE_COLOR, low))
         regions = []
         if small:
-            prob = result.class_probability if result is not None else None
-            regions = component_regions(label_img, small, prob)
+            if result is not None and result.regions is not None:  # FocusNet heatmaps, L-SNet boxes
+                regions = [r for r in result.regions if r["label"] in small.values()]
+            else:
+                prob = result.class_probability if result is not None else None
+                regions = component_regions(label_img, small, prob)
             report["regions"] = len(regions)
         with OutputSet() as staged:
             write_labelmap(label_img, staged.stage(outs["labels"]))

@@ -19,7 +19,8 @@ from ..data.preprocess import Grid, PreprocessConfig, Preprocessor, probabilitie
 from ..models import ModelPackage
 from .confidence import entropy_confidence
 from .device import resolve_device
-from .regions import physical_box_to_index
+from .heads import Heads
+from .regions import network_regions, physical_box_to_index
 from .sliding_window import sliding_window_predict
 
 ROI_CONTEXT_MM = 15.0  # context kept around a user box so the network sees the surroundings
@@ -43,6 +44,8 @@ class Prediction:
     seconds: dict = field(default_factory=dict)
     tta: int = 1
     reference: sitk.Image | None = None
+    extras: dict = field(default_factory=dict)
+    regions: list | None = None  # from the network's own heads (FocusNet heatmaps, L-SNet boxes)
 
     def class_probability(self, value: int) -> np.ndarray:
         """One class's probability on the input grid (z, y, x)."""
@@ -67,7 +70,8 @@ class Predictor:
         self.card = package.card
         self.device = resolve_device(device)
         self.net = package.build(self.device)
-        self.has_confidence_head = getattr(self.net, "confidence_net", None) is not None
+        self.heads = Heads.of(self.net, self.card.num_classes)
+        self.has_confidence_head = self.heads.confidence
         self.preprocessor = Preprocessor(PreprocessConfig.from_dict(self.card.preprocessing))
         self.batch_size = batch_size
         self.overlap = overlap
@@ -81,24 +85,39 @@ class Predictor:
         return list(cfg.get("mirror_axes") or []), [list(p) for p in cfg.get("mirror_swap") or []]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.card.spatial_dims == 2:  # windows are (B, C, 1, y, x): run the 2D net per slice
-            out = self.net(batch[:, :, 0])
-            logits = out.logits[:, :, None]
-            conf = out.confidence[:, :, None] if self.has_confidence_head and out.confidence is not None else None
-        else:
-            out = self.net(batch)
-            logits, conf = out.logits, out.confidence if self.has_confidence_head else None
-        return logits if conf is None else torch.cat([logits, conf], 1)
+        """Class logits, then the heads' extra channels (see :mod:`.heads`)."""
+        two_d = self.card.spatial_dims == 2  # windows are (B, C, 1, y, x): run the 2D net per slice
+        x = batch[:, :, 0] if two_d else batch
+        out = self.net(x)
+        chans = [out.logits] + (self.heads.channels(out, tuple(x.shape[2:])) if self.heads.count else [])
+        y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits
+        return y[:, :, None] if two_d else y
 
-    def predict_array(self, image: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """(probabilities (N, z, y, x), confidence-head map or None, passes) for a (C, z, y, x) array."""
+    def _split_extras(self, extra: np.ndarray) -> dict:
+        out, i, h = {}, 0, self.heads
+        if h.confidence:
+            out["confidence"] = 1.0 / (1.0 + np.exp(-extra[0]))
+            i = 1
+        if h.heatmaps:
+            out["heatmaps"] = extra[i:i + h.heatmaps]
+            i += h.heatmaps
+        if h.distances:
+            out["distances"] = extra[i:i + h.distances]
+        return out
+
+    def predict_array(self, image: np.ndarray, tta: bool = False) -> tuple[np.ndarray, dict, int]:
+        """(probabilities (N, z, y, x), the heads' maps by name, passes) for a (C, z, y, x) array.
+
+        With ``tta`` the probabilities are averaged over the flips; the heads' maps come from the
+        unflipped pass (flipping would also have to mirror the box distances).
+        """
         patch = tuple(self.card.patch_size)
         if self.card.spatial_dims == 2:
             patch = (1,) + patch
         axes, swap = self.mirror if tta else ([], [])
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-        n, extra = self.card.num_classes, int(self.has_confidence_head)
-        total = None
+        n, extra = self.card.num_classes, self.heads.count
+        total, extras = None, {}
         x = torch.from_numpy(image)
         for i, flip in enumerate(flips):
             dims = [a + 1 for a in flip]
@@ -107,6 +126,9 @@ class Predictor:
                 xi, self._forward, patch, n, overlap=self.overlap, batch_size=self.batch_size, device=self.device,
                 amp=self.device.type == "cuda", num_extra=extra,
                 progress=lambda f, i=i: self.progress("infer", (i + f) / len(flips), f"pass {i + 1}/{len(flips)}"))
+            if not dims and extra:
+                extras = self._split_extras(out[n:].numpy())
+            out = out[:n]
             if dims:
                 out = out.flip(dims)
             if flip and axes[-1] in flip:
@@ -115,8 +137,7 @@ class Predictor:
                     order[a], order[b] = order[b], order[a]
                 out = out[order]
             total = out if total is None else total + out
-        total = (total / len(flips)).numpy()
-        return total[:n], (total[n] if extra else None), len(flips)
+        return (total / len(flips)).numpy(), extras, len(flips)
 
     def predict(self, images: list[sitk.Image], tta: bool = False, confidence: bool = True,
                 roi_mm: list[float] | None = None) -> Prediction:
@@ -145,7 +166,10 @@ class Predictor:
         pre = self.preprocessor(images)
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        probs, head, passes = self.predict_array(pre.image, tta)
+        probs, extras, passes = self.predict_array(pre.image, tta)
+        head = extras.get("confidence")
+        if head is not None:
+            head = head[0] if head.ndim == probs.ndim else head
         seconds["infer"] = time.perf_counter() - t
         t = time.perf_counter()
         self.progress("resample", 0.0)
@@ -163,5 +187,9 @@ class Predictor:
                 conf[~inside] = 1.0
         out = sitk.GetImageFromArray(lab)
         out.CopyInformation(reference)
+        regions = None
+        if "heatmaps" in extras:
+            regions = network_regions(extras["heatmaps"], extras.get("distances"), self.heads, pre.grid, reference,
+                                      self.card.label_names(), probs.argmax(0))
         seconds["resample"] = time.perf_counter() - t
-        return Prediction(out, probs, pre.grid, conf, seconds, passes, reference)
+        return Prediction(out, probs, pre.grid, conf, seconds, passes, reference, extras, regions)

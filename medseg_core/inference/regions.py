@@ -92,3 +92,62 @@ def box_mask(reference: sitk.Image, box_index) -> np.ndarray:
     i0, j0, k0, i1, j1, k1 = box_index
     m[k0:k1, j0:j1, i0:i1] = True
     return m
+
+
+def _grid_point(grid, index_zyx) -> np.ndarray:
+    """Physical point of a continuous (z, y, x) index on a model grid."""
+    idx = np.asarray(index_zyx, dtype=float)[::-1]
+    return np.asarray(grid.origin) + np.reshape(grid.direction, (3, 3)) @ (idx * np.asarray(grid.spacing))
+
+
+def _grid_box_mm(grid, lo_zyx, hi_zyx) -> list[float]:
+    """The LPS box around the continuous-index box [lo, hi] of a model grid."""
+    pts = np.array([_grid_point(grid, c) for c in itertools.product(*zip(lo_zyx, hi_zyx))])
+    return [round(float(v), 3) for v in np.concatenate([pts.min(0), pts.max(0)])]
+
+
+def network_regions(heatmaps: np.ndarray, distances: np.ndarray | None, heads, grid, reference: sitk.Image,
+                    names: dict[int, str], labels_model: np.ndarray | None = None) -> list[dict]:
+    """Regions from a network's own heads, on the model grid, reported on the input grid.
+
+    FocusNet (``distances`` None): one region per small organ whose heatmap peak passes the
+    network's threshold, a box of the organ's ROI size around the peak. L-SNet: one region per
+    connected component of each heatmap above its threshold, the box decoded from the distances
+    at the component's peak.
+    """
+    regions = []
+    for k in range(heatmaps.shape[0]):
+        hm = heatmaps[k]
+        if distances is None:
+            peaks = [np.unravel_index(int(np.argmax(hm)), hm.shape)] if hm.max() > heads.threshold else []
+        else:
+            cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((hm > heads.threshold).astype(np.uint8))))
+            peaks = []
+            for c in range(1, int(cc.max()) + 1):
+                flat = np.where(cc.ravel() == c, hm.ravel(), -np.inf)
+                peaks.append(np.unravel_index(int(np.argmax(flat)), hm.shape))
+        for p in peaks:
+            p = np.array(p)
+            value = heads.heatmap_classes[k] if heads.heatmap_classes else 0
+            if value == 0 and labels_model is not None:  # a shared heatmap: the label predicted there
+                value = int(labels_model[tuple(p)])
+            if distances is None:
+                half = np.array(heads.roi_sizes[k], dtype=float) / 2
+                lo, hi = p - half, p + half - 1  # voxel centres covered, as continuous indices
+                source = "heatmap"
+            else:
+                nd = distances.shape[0] // 2
+                d = distances[(slice(None),) + tuple(p)]
+                lo, hi = p + 0.5 - d[:nd] - 0.5, p + 0.5 + d[nd:] - 0.5 - 1  # edges -> centre indices
+                source = "boxes"
+            box_mm = _grid_box_mm(grid, lo - 0.5, hi + 0.5)
+            ilo, ihi = physical_box_to_index(reference, box_mm)
+            centre = _grid_point(grid, p)
+            regions.append({
+                "label": names.get(value, f"class {value}"), "value": int(value), "source": source,
+                "score": round(float(hm[tuple(p)]), 4), "center_mm": [round(float(c), 3) for c in centre],
+                "box_mm": box_mm,
+                "center_index": [int(round(c)) for c in reference.TransformPhysicalPointToContinuousIndex(centre.tolist())],
+                "box_index": ilo + ihi,
+            })
+    return regions

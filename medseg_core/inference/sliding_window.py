@@ -60,12 +60,12 @@ def sliding_window_predict(
         predictor: maps (B, C, *patch) on ``device`` to logits (B, num_classes + num_extra, *patch).
         patch_size: window size, same length as S.
         progress: called with the fraction of windows done.
-        num_extra: trailing predictor channels that are independent logits (e.g. a confidence
-            head): blended after a sigmoid instead of joining the softmax.
+        num_extra: trailing predictor channels that are not class logits (a confidence head,
+            heatmaps, box distances): blended as they are, without the softmax.
 
     Returns:
         (num_classes + num_extra, *S) float32 on ``accumulate_device``: class probabilities that
-        sum to one, then the extra channels' sigmoid.
+        sum to one, then the blended extra channels.
     """
     spatial = tuple(image.shape[1:])
     pad = [max(0, p - s) for s, p in zip(spatial, patch_size)]
@@ -92,7 +92,7 @@ def sliding_window_predict(
             logits = logits.float()
             probs = torch.softmax(logits[:, :num_classes], dim=1)
             if num_extra:
-                probs = torch.cat([probs, torch.sigmoid(logits[:, num_classes:])], dim=1)
+                probs = torch.cat([probs, logits[:, num_classes:]], dim=1)
             probs = probs.to(accumulate_device)
             for i, s in enumerate(sl):
                 acc[(slice(None),) + s] += probs[i] * weight

@@ -1,0 +1,83 @@
+"""Extra output maps of the papers' networks, made window-independent for sliding windows.
+
+A network's ``SegOutput`` may carry a confidence logit (difficulty-aware network), small-organ
+centre heatmaps (FocusNet's SOL-Net) or keypoint heatmaps with box distances (L-SNet, at quarter
+resolution). :class:`Heads` turns them into full-resolution channels that can be blended across
+windows like the class probabilities, and tells what each channel is:
+
+* ``confidence``: one channel, a logit (the sigmoid is applied after blending);
+* ``heatmap``: one channel per small organ (FocusNet) or per class (L-SNet), probabilities;
+* ``distance``: L-SNet's 2 x nd distances to the box sides, re-expressed relative to each
+  voxel's own centre (so they no longer depend on where a window starts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Heads:
+    confidence: bool = False
+    heatmaps: int = 0
+    distances: int = 0
+    heatmap_classes: list[int] = field(default_factory=list)  # the class of each heatmap channel
+    threshold: float = 0.5
+    roi_sizes: list[list[int]] = field(default_factory=list)  # FocusNet: ROI size per organ (voxels)
+    stride: int = 1
+
+    @property
+    def count(self) -> int:
+        return int(self.confidence) + self.heatmaps + self.distances
+
+    @classmethod
+    def of(cls, net: torch.nn.Module, num_classes: int) -> "Heads":
+        """What ``net`` produces, read from its attributes."""
+        heads = cls(confidence=getattr(net, "confidence_net", None) is not None)
+        if getattr(net, "small_organs", None) and getattr(net, "roi_sizes", None) is not None:  # FocusNet
+            heads.heatmaps = len(net.small_organs)
+            heads.heatmap_classes = [int(c) for c in net.small_organs]
+            heads.threshold = float(getattr(net, "heatmap_threshold", 0.6))
+            heads.roi_sizes = [list(map(int, r)) for r in net.roi_sizes]
+        elif hasattr(net, "decode_boxes") and hasattr(net, "score_threshold"):  # L-SNet
+            per_class = bool(getattr(net, "heatmap_per_class", True))
+            heads.heatmaps = num_classes - 1 if per_class else 1
+            heads.heatmap_classes = list(range(1, num_classes)) if per_class else [0]
+            heads.distances = 2 * net.spatial_dims
+            heads.threshold = float(net.score_threshold)
+            heads.stride = 4
+        return heads
+
+    def channels(self, out, size: tuple[int, ...]) -> list[torch.Tensor]:
+        """The extra channels of one window batch, at the window's size ``size``."""
+        extra = []
+        if self.confidence:
+            extra.append(out.confidence.float())
+        if self.heatmaps:
+            extra.append(_resize(out.heatmaps.float(), size))
+        if self.distances:
+            d = out.boxes.float()
+            nd = len(size)
+            for a, n in enumerate(size):  # each voxel takes its quarter cell's distances
+                cell = torch.div(torch.arange(n, device=d.device), self.stride, rounding_mode="floor")
+                d = d.index_select(a + 2, cell.clamp(max=d.shape[a + 2] - 1))
+            for a, n in enumerate(size):
+                v = torch.arange(n, device=d.device, dtype=d.dtype)
+                delta = (v + 0.5) - (torch.div(v, self.stride, rounding_mode="floor") + 0.5) * self.stride
+                shape = [1] * (nd + 2)
+                shape[a + 2] = n
+                delta = delta.view(shape)
+                d[:, a:a + 1] = d[:, a:a + 1] + delta          # near side: lo = centre - d
+                d[:, nd + a:nd + a + 1] = d[:, nd + a:nd + a + 1] - delta  # far side: hi = centre + d
+            extra.append(d)
+        return extra
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
