@@ -97,6 +97,13 @@ def main() -> None:
         print(f"{name:12s} {row['share_of_voxels_below'] * 100:9.2f}% {row['share_of_errors_below'] * 100:9.2f}% "
               f"{row['error_rate_below'] * 100:11.2f}% {row['error_rate_above'] * 100:12.3f}% "
               f"{row['auroc_confidence_vs_correct']:6.3f}")
+        sweep = {}
+        for thr in (0.3, 0.5, 0.7, 0.9):
+            lo = c < thr
+            sweep[thr] = (float(lo.mean()), float(w[lo].sum() / max(1, w.sum())))
+        row["sweep"] = {str(k): {"share_of_voxels_below": v[0], "share_of_errors_below": v[1]} for k, v in sweep.items()}
+        print(f"{'':12s} sweep (voxels below / errors below): "
+              + ", ".join(f"{k}: {v[0] * 100:.2f}% / {v[1] * 100:.1f}%" for k, v in sweep.items()))
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=1))
 
