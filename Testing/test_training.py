@@ -67,3 +67,21 @@ def test_sampler_oversamples_small_structures():
     s = PatchSampler([img], [lab], 3, (8, 8, 8), fg_fraction=1.0, seed=0)
     hits = sum(bool((s.sample(1)[1] == 2).any()) for _ in range(200))
     assert hits > 70  # about half the patches, against 8/64000 of the voxels
+
+
+@pytest.mark.parametrize("recipe,net,patch", [
+    ("pgd_nsfl", {"name": "pgd_unet", "kwargs": {"spatial_dims": 2, "features": [8, 16, 32, 32]}}, [48, 48]),
+    ("godc", {"name": "unet", "kwargs": {"spatial_dims": 2, "features": [8, 16, 32, 32]}}, [48, 48]),
+])
+def test_paper_recipes_train_2d_networks_on_slices(phantom_dataset, tmp_path, recipe, net, patch):
+    cfg = tiny_config(network=net, patch_size=patch, recipe=recipe, steps=40, val_every=40, batch_size=4,
+                      recipe_kwargs={"switch_step": 20} if recipe == "pgd_nsfl" else {})
+    res = train(cfg, tmp_path / "run", data_dir=phantom_dataset, output=tmp_path / "pkg", device="cpu",
+                progress="none", log=lambda *a: None)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert max(history[-1]["per_class"].values()) > 0.5, history[-1]  # learning, slice by slice
+    if recipe == "pgd_nsfl":
+        assert history[-1]["nsfl_active"] and history[-1]["nsfl_switched_at"] == 20
+    pkg = find_model(str(tmp_path / "pkg"))
+    assert pkg.card.spatial_dims == 2 and pkg.card.patch_size == patch
+    assert np.isfinite(res.best_dice)

@@ -27,12 +27,12 @@ from ..inference.device import resolve_device
 from ..inference.sliding_window import sliding_window_predict
 from ..io.terminology import default_color, terminology_for
 from ..labels import Label
-from ..losses import DiceCELoss, deep_supervision_loss
 from ..models import ModelCard, load_package, save_package
 from ..nets import build_network
 from . import distributed as dd
 from .config import TrainConfig
 from .data import load_tensors, normalization_for, prepare_cache
+from .recipes import build_recipe
 
 Progress = Callable[..., None]  # (stage, fraction, message="", eta_s=None), see medseg_core.progress
 
@@ -155,7 +155,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     clock = _Clock(config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, clock.fraction(s), config))
-    loss_fn = DiceCELoss()
+    recipe = build_recipe(config.recipe, **config.recipe_kwargs)
     step, best, history = 0, -1.0, []
     last = run_dir / "last"
     if resume and (last / "state.json").is_file():
@@ -235,13 +235,14 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
             x, y = x[:, :, 0], y[:, 0]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
-        loss = deep_supervision_loss(loss_fn, out.logits.float(), [d.float() for d in out.deep_supervision], y, ann)
+        loss = recipe.loss(out, y, ann)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
         opt.step()
         sched.step()
         step += 1
+        recipe.after_step(step)
         fraction = clock.fraction(step)
         if info.enabled:  # every rank stops at the same step, whatever its clock says
             f = torch.tensor([fraction], device=dev)
@@ -258,10 +259,11 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
             callback("train", fraction, f"step {step} loss {running:.4f}", eta)
         if step % config.val_every == 0 or done:
             if info.is_main and val_images:
-                dice = validate(net, val_images, val_labels, n_cls, config.patch_size, dev, spatial_dims)
+                dice = validate(net, val_images, val_labels, n_cls, config.patch_size, dev, spatial_dims,
+                                batch_size=4 if spatial_dims == 3 else 32)
                 per_class = np.nanmean(dice, axis=0)
                 mean = float(np.nanmean(per_class))
-                history.append({"step": step, "loss": running, "mean_dice": mean,
+                history.append({"step": step, "loss": running, "mean_dice": mean, **recipe.state(),
                                 "per_class": {k: (None if np.isnan(d) else round(float(d), 4))
                                               for (v, k), d in zip(label_items, per_class)},
                                 "seconds": round(time.time() - t_start, 1)})

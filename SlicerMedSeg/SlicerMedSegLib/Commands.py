@@ -1,0 +1,99 @@
+"""Command lines and environments of the ``medseg`` child processes, built from the parameters.
+
+Pure Python: imports neither slicer nor qt. The child is always ``[python, "-m", "medseg_core", ...]``
+with Slicer's own interpreter (PythonSlicer), so no ``medseg`` script needs to be on the PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping, Optional, Sequence
+
+from .Geometry import roi_argument
+from .Parameters import FinetuneParameters, SegmentationParameters
+
+CLI_DEVICE = {"auto": "auto", "gpu": "cuda", "cpu": "cpu"}
+"""Panel device -> ``medseg --device``."""
+
+
+def medseg_command(python: Optional[str] = None) -> list[str]:
+    """The start of every command line: ``[python, "-m", "medseg_core"]``."""
+    return [python or sys.executable, "-m", "medseg_core"]
+
+
+def segment_command(params: SegmentationParameters, input_path: str, output_dir: str,
+                    python: Optional[str] = None) -> list[str]:
+    """``medseg segment INPUT --model M --output DIR --device D --overwrite --progress json [...]``."""
+    params.validate()
+    cmd = medseg_command(python) + ["segment", str(input_path), "--model", params.model, "--output", str(output_dir),
+                                    "--device", CLI_DEVICE[params.device], "--overwrite", "--progress", "json"]
+    if params.tta:
+        cmd.append("--tta")
+    if params.confidence:
+        cmd += ["--confidence-threshold", repr(float(params.confidence_threshold))]
+    else:
+        cmd.append("--no-confidence")
+    if params.roi_lps is not None:  # "--roi=..." as one argument: an LPS box often starts with "-"
+        cmd.append("--roi=" + roi_argument(params.roi_lps))
+    return cmd
+
+
+def finetune_command(params: FinetuneParameters, cases: Sequence[tuple[str, str]],
+                     python: Optional[str] = None) -> list[str]:
+    """``medseg finetune --model M --image I --label L [--image --label ...] [--steps] [--name] ...``."""
+    params.validate()
+    if not cases:
+        raise ValueError("fine-tuning needs at least one corrected case")
+    cmd = medseg_command(python) + ["finetune", "--model", params.model]
+    for image, label in cases:
+        cmd += ["--image", str(image), "--label", str(label)]
+    if int(params.steps) > 0:
+        cmd += ["--steps", str(int(params.steps))]
+    if params.lr is not None:
+        cmd += ["--lr", repr(float(params.lr))]
+    if params.name:
+        cmd += ["--name", params.name]
+    cmd += ["--device", CLI_DEVICE[params.device], "--progress", "json"]
+    return cmd
+
+
+def models_command(python: Optional[str] = None) -> list[str]:
+    """``medseg models --json``."""
+    return medseg_command(python) + ["models", "--json"]
+
+
+def child_environment(device: str = "auto", base: Optional[Mapping[str, str]] = None,
+                      pythonpath: Optional[str] = None) -> dict[str, str]:
+    """The child's environment: a copy of ``base`` (default ``os.environ``).
+
+    * ``device == "cpu"``: ``CUDA_VISIBLE_DEVICES=-1``, so not even a CUDA context is made;
+    * ``PYTHONUNBUFFERED=1`` and UTF-8 I/O, so every progress line arrives at once;
+    * ``pythonpath`` (a folder holding ``medseg_core``) is put first on ``PYTHONPATH``.
+    """
+    env = dict(os.environ if base is None else base)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    if pythonpath:
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(pythonpath) + (os.pathsep + old if old else "")
+    return env
+
+
+def normalize_segment_name(name: str) -> str:
+    """The key ``medseg finetune`` matches segment names to model labels with (lower case, spaces
+    and underscores ignored).
+
+    >>> normalize_segment_name("Right_Parotid ") == normalize_segment_name("right parotid")
+    True
+    """
+    return "".join(str(name).split()).replace("_", "").lower()
+
+
+def matching_segment_names(segment_names: Sequence[str], label_names: Sequence[str]) -> list[str]:
+    """The segments that name one of the model's labels: the ones a correction may hold (the
+    engine refuses unknown names, such as "Low confidence")."""
+    keys = {normalize_segment_name(n) for n in label_names}
+    return [n for n in segment_names if normalize_segment_name(n) in keys]
