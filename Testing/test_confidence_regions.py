@@ -193,3 +193,42 @@ def test_regions_come_from_the_networks_own_heads(tmp_path, phantom, net, kwargs
         assert 0 <= i0 <= i1 <= size[0] and 0 <= j0 <= j1 <= size[1] and 0 <= k0 <= k1 <= size[2]
         b = np.array(r["box_mm"])
         assert np.all(b[:3] <= b[3:])
+
+
+def test_lsnet_segments_the_user_box_with_its_snet(tmp_path, phantom):
+    import copy
+
+    import torch
+
+    from medseg_core.models import find_model, save_package
+    from medseg_core.nets import build_network
+
+    card = copy.deepcopy(find_model("phantom-unet").card)
+    card.name, card.training = "tiny-lsnet", {}
+    card.network = {"name": "lsnet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 6,
+                                                "lnet_features": [4, 8], "snet_features": [4, 8], "roi_size": 16}}
+    torch.manual_seed(0)
+    save_package(card, build_network("lsnet", **card.network["kwargs"]).state_dict(), tmp_path / card.name)
+    path = tmp_path / "ph.nii.gz"
+    sitk.WriteImage(phantom.image, str(path))
+    box_mm = index_box_to_physical(phantom.image, [20, 10, 5], [44, 40, 30])
+    calls = []
+    from medseg_core.nets.lsnet import LSNet
+
+    original = LSNet.forward
+
+    def spy(self, x, boxes=None, box_classes=None):
+        calls.append(boxes)
+        return original(self, x, boxes=boxes, box_classes=box_classes)
+
+    LSNet.forward = spy
+    try:
+        report = segment_files([path], str(tmp_path / card.name), tmp_path / "o", device="cpu", roi_mm=box_mm)[0]
+    finally:
+        LSNet.forward = original
+    assert len(calls) == 1 and calls[0] is not None and calls[0].shape == (1, 1, 6)  # one pass, the user box
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"]))
+    ilo, ihi = physical_box_to_index(phantom.image, box_mm)
+    inside = np.zeros(labels.shape, bool)
+    inside[ilo[2]:ihi[2], ilo[1]:ihi[1], ilo[0]:ihi[0]] = True
+    assert labels[~inside].max() == 0

@@ -139,6 +139,28 @@ class Predictor:
             total = out if total is None else total + out
         return (total / len(flips)).numpy(), extras, len(flips)
 
+    def _lsnet_on_box(self, image: np.ndarray, grid: Grid, roi_mm: list[float]) -> np.ndarray:
+        """Class probabilities from an L-SNet whose region is the user's box (no keypoints):
+        the S-Net segments the recalibrated box, pasted back into the (cropped) volume."""
+        rot = np.reshape(grid.direction, (3, 3))
+        corners = np.array([[x, y, z] for x in roi_mm[0::3] for y in roi_mm[1::3] for z in roi_mm[2::3]])
+        idx = np.array([rot.T @ (c - np.asarray(grid.origin)) / np.asarray(grid.spacing) for c in corners])
+        lo = np.clip(np.floor(idx.min(0) + 0.5), 0, None)[::-1]  # (z, y, x) voxel edges
+        hi = np.minimum(np.ceil(idx.max(0) + 0.5), np.array(image.shape[1:][::-1]))[::-1]
+        x = torch.from_numpy(image)[None].to(self.device)
+        with torch.inference_mode():
+            if self.card.spatial_dims == 3:
+                box = torch.tensor([[list(lo) + list(hi)]], dtype=torch.float32, device=self.device)
+                logits = self.net(x, boxes=box).logits[0]
+            else:  # slice by slice inside the box
+                n = self.card.num_classes
+                logits = torch.full((n,) + tuple(image.shape[1:]), -10.0, device=self.device)
+                logits[0] = 0.0
+                box = torch.tensor([[[lo[1], lo[2], hi[1], hi[2]]]], dtype=torch.float32, device=self.device)
+                for z in range(int(lo[0]), int(hi[0])):
+                    logits[:, z] = self.net(x[:, :, z], boxes=box).logits[0]
+        return torch.softmax(logits.float(), 0).cpu().numpy()
+
     def predict(self, images: list[sitk.Image], tta: bool = False, confidence: bool = True,
                 roi_mm: list[float] | None = None) -> Prediction:
         """Segment one case given its channels (the first is the reference grid).
@@ -166,7 +188,10 @@ class Predictor:
         pre = self.preprocessor(images)
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        probs, extras, passes = self.predict_array(pre.image, tta)
+        if box is not None and hasattr(self.net, "decode_boxes"):  # L-SNet: its S-Net on the user's box
+            probs, extras, passes = self._lsnet_on_box(pre.image, pre.grid, roi_mm), {}, 1
+        else:
+            probs, extras, passes = self.predict_array(pre.image, tta)
         head = extras.get("confidence")
         if head is not None:
             head = head[0] if head.ndim == probs.ndim else head
