@@ -246,8 +246,28 @@ def _close(a) -> None:
         close()
 
 
+GRACE_S = 1.2  # after SIGTERM, how long the main thread has to clean up before a forced exit
+_terminated = threading.Event()
+
+
 def _terminate(signum, frame):
+    """SIGTERM: interrupt the main thread; if a long native operation keeps it busy past
+    ``GRACE_S``, a watchdog removes the pending temporary outputs and exits with 130 itself."""
+    if not _terminated.is_set():
+        _terminated.set()
+        threading.Thread(target=_watchdog, daemon=True).start()
     raise KeyboardInterrupt
+
+
+def _watchdog() -> None:
+    import time
+
+    from .io.atomic import remove_live_temporaries
+
+    time.sleep(GRACE_S)
+    remove_live_temporaries()
+    print("medseg: interrupted", file=sys.stderr, flush=True)
+    os._exit(EXIT_CANCELLED)
 
 
 COMMANDS = {"segment": cmd_segment, "models": cmd_models, "train": cmd_train, "finetune": cmd_finetune,
@@ -271,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _close(args)
         _fail(args, "interrupted", EXIT_CANCELLED)
+        if _terminated.is_set():  # skip the slow interpreter teardown: everything is cleaned up
+            from .io.atomic import remove_live_temporaries
+
+            remove_live_temporaries()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_CANCELLED)
         return EXIT_CANCELLED
 
 

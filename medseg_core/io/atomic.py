@@ -38,6 +38,24 @@ def split_extension(name: str) -> tuple[str, str]:
     return stem, ext
 
 
+# Every temporary output not yet renamed or removed, so that an emergency exit (a SIGTERM whose
+# handler cannot wait for the main thread) can still remove them: see ``remove_live_temporaries``.
+LIVE_TEMPORARIES: set[Path] = set()
+
+
+def remove_live_temporaries() -> None:
+    """Delete every temporary output still pending (files and folders)."""
+    import shutil
+
+    for path in list(LIVE_TEMPORARIES):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        LIVE_TEMPORARIES.discard(path)
+
+
 def temporary_path(final_path: str | os.PathLike) -> Path:
     """Returns an unused hidden name next to ``final_path``: ``.STEM.tmp-<random>EXT``.
 
@@ -52,12 +70,14 @@ def temporary_path(final_path: str | os.PathLike) -> Path:
     while True:
         candidate = final_path.with_name(f".{stem}.tmp-{secrets.token_hex(4)}{ext}")
         if not candidate.exists():
+            LIVE_TEMPORARIES.add(candidate)
             return candidate
 
 
 def _remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+    LIVE_TEMPORARIES.discard(path)
 
 
 @contextlib.contextmanager
@@ -90,6 +110,7 @@ def atomic_output(final_path: str | os.PathLike) -> Iterator[Path]:
         raise FileNotFoundError(f"{final_path}: nothing was written to the temporary file {tmp.name}")
     try:
         os.replace(tmp, final_path)
+        LIVE_TEMPORARIES.discard(tmp)
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -161,6 +182,7 @@ class OutputSet:
         try:
             for tmp, final in self._pairs:
                 os.replace(tmp, final)
+                LIVE_TEMPORARIES.discard(tmp)
         except BaseException:
             self.abort()
             raise

@@ -134,7 +134,10 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
     if dest.exists() and not overwrite:
         raise ModelError(f"{dest}: a model package already exists there")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    from ..io.atomic import LIVE_TEMPORARIES
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    LIVE_TEMPORARIES.add(tmp)
     try:
         tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
                    for k, v in state_dict.items()}
@@ -150,8 +153,10 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
+        LIVE_TEMPORARIES.discard(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        LIVE_TEMPORARIES.discard(tmp)
         raise
     return load_package(dest, "path")
 
