@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import InputError
+from .labels import Label
 
 EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".gz")
 
@@ -185,11 +186,16 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
                     {"model": card.name, "image": str(path), "small_organs": list(small.values()),
                      "coordinates": "LPS mm; box_index is [i0, j0, k0, i1, j1, k1) in the image's voxel indices",
                      "regions": regions}, indent=1) + "\n")
-                empty = sitk.Image(label_img.GetSize(), sitk.sitkUInt8)
-                empty.CopyInformation(label_img)
-                boxes = [(f"{r['label']} region {k + 1}", colors.get(r["value"], (0.5, 0.5, 0.5)),
-                          box_mask(label_img, r["box_index"])) for k, r in enumerate(regions)]
-                write_segmentation(empty, [], staged.stage(outs["rois_segmentation"]), extra_segments=boxes)
+                # one layer: a later box wins where two overlap (a layer per box costs seconds each
+                # on a full-size CT)
+                boxes = np.zeros(label_img.GetSize()[::-1], dtype=np.uint8 if len(regions) < 255 else np.uint16)
+                box_labels = []
+                for k, r in enumerate(regions):
+                    boxes[box_mask(label_img, r["box_index"])] = k + 1
+                    box_labels.append(Label(k + 1, f"{r['label']} region {k + 1}", colors.get(r["value"], (0.5, 0.5, 0.5))))
+                box_img = sitk.GetImageFromArray(boxes)
+                box_img.CopyInformation(label_img)
+                write_segmentation(box_img, box_labels, staged.stage(outs["rois_segmentation"]))
             seconds["write"] = time.perf_counter() - t
             seconds["total"] = sum(v for k, v in seconds.items())
             report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
