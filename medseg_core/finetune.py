@@ -44,8 +44,8 @@ from .errors import InputError, ModelError
 CPU_PATCH_3D = (48, 64, 64)
 """Largest default training patch (z, y, x) on the CPU: about a quarter of a typical card patch."""
 CPU_PATCH_2D = (160, 160)
-DEFAULT_STEPS = 40
-DEFAULT_LR = 3e-4
+DEFAULT_STEPS = 30
+DEFAULT_LR = 5e-4
 BATCH_SIZE = 2
 ERROR_FRACTION = 0.5
 """Share of patches centred on a voxel where the parent's prediction disagrees with the correction."""
@@ -229,6 +229,20 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there, mixed precision
+    about halves a training step; elsewhere it would be emulated, and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (OSError, AttributeError, RuntimeError):
+        pass
+    return False
+
+
 def _check_name(name: str) -> str:
     from .models.package import find_model, user_models_dir
 
@@ -409,7 +423,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         schedule = SimpleNamespace(warmup_steps=max(1, min(10, steps // 10)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, s / steps, schedule))
         loss_fn = DiceCELoss()
-        amp = dev.type == "cuda"
+        amp = dev.type == "cuda" or (dev.type == "cpu" and _native_bf16_cpu())
         net.train()
         if frozen:
             net.encoder.eval()  # frozen: batch-norm statistics (if any) and dropout stay as trained
@@ -477,6 +491,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
             "encoder_frozen": bool(frozen), "seed": seed, "seconds": round(total, 1),
             "seconds_by_stage": {k: round(v, 2) for k, v in seconds.items()}, "device": str(dev),
             "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+            "precision": "bf16-mixed" if amp else "float32",
             "dice_before": _round(dice_before), "dice_after": _round(dice_after), "per_label": per_label,
             "dice_measured_on": "the corrected cases, model grid, annotated labels present in the correction"}
         card.training = training
