@@ -22,7 +22,7 @@ and exits 0 with a message when it is absent. About 3-5 minutes on 2 cores with 
 Usage::
 
     python benchmarks/finetune.py [--case hn_201] [--n 8 | --all] [--threads 2] [--steps S] [--lr LR]
-                                  [--train-all] [--json OUT]
+                                  [--train-all] [--no-bf16] [--json OUT]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     ap.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     ap.add_argument("--train-all", action="store_true", help="also train the encoder")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="train in float32 even where the CPU computes bfloat16 natively (MEDSEG_CPU_BF16=0)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary MEDSEG_HOME and the new package")
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()
 
@@ -101,7 +105,16 @@ def main() -> int:
         return 0
     home = tempfile.mkdtemp(prefix="medseg-ft-bench-")
     os.environ["MEDSEG_HOME"] = home  # before anything reads it: no package reaches ~/.medseg
+    if a.no_bf16:
+        os.environ["MEDSEG_CPU_BF16"] = "0"
+    try:
+        return run(a, home)
+    finally:
+        if not a.keep:
+            shutil.rmtree(home, ignore_errors=True)
 
+
+def run(a, home: str) -> int:
     import SimpleITK as sitk
     import torch
 
@@ -118,6 +131,7 @@ def main() -> int:
     lab = DATA / "labelsTr" / f"{case}.nii.gz"
     print(f"corrected case {case}; held-out {len(held)} case(s); {a.threads} thread(s); "
           f"steps {a.steps or DEFAULT_STEPS}, lr {a.lr or DEFAULT_LR}; MEDSEG_HOME={home}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work slows the timing)")
 
     clock = StageClock()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -126,6 +140,7 @@ def main() -> int:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     clock("end", 1.0)
     ft = load_package(res.package_dir).card.training["finetune"]
+    print(f"precision {ft['precision']}, patch {ft['patch_size']}, encoder frozen {ft['encoder_frozen']}")
     load1 = os.getloadavg()[0]
 
     parent = Predictor(find_model(MODEL), device="cpu")
@@ -157,7 +172,7 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({
             "case": case, "heldout": held, "threads": a.threads, "steps": res.steps, "lr": ft["lr"],
-            "patch_size": ft["patch_size"], "encoder_frozen": ft["encoder_frozen"],
+            "patch_size": ft["patch_size"], "encoder_frozen": ft["encoder_frozen"], "precision": ft["precision"],
             "seconds": wall, "cpu_seconds": cpu, "stage_seconds": clock.wall, "stage_cpu_seconds": clock.cpu,
             "load_average": load1, "dice_before": res.dice_before, "dice_after": res.dice_after,
             "per_label": res.per_label, "heldout_before": before, "heldout_after": after,
