@@ -232,3 +232,28 @@ def test_lsnet_segments_the_user_box_with_its_snet(tmp_path, phantom):
     inside = np.zeros(labels.shape, bool)
     inside[ilo[2]:ihi[2], ilo[1]:ihi[1], ilo[0]:ihi[0]] = True
     assert labels[~inside].max() == 0
+
+
+def test_2d_network_regions_span_the_slices_where_they_show():
+    # A 2D L-SNet or FocusNet predicts slice by slice: its boxes have no slice axis, so the
+    # region spans the run of slices around the peak where the heatmap passes the threshold.
+    import SimpleITK as sitk
+
+    from medseg_core.data.preprocess import Grid
+    from medseg_core.inference.heads import Heads
+    from medseg_core.inference.regions import network_regions
+
+    ref = sitk.Image([20, 20, 10], sitk.sitkUInt8)  # (x, y, z); identity geometry, 1 mm
+    grid = Grid(ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection(), ref.GetSize())
+    heat = np.zeros((1, 10, 20, 20), np.float32)
+    heat[0, 3:6, 9:12, 9:12] = 0.7
+    heat[0, 4, 10, 10] = 0.9  # the peak, at (z, y, x) = (4, 10, 10)
+    distances = np.zeros((4, 10, 20, 20), np.float32)
+    distances[:] = np.array([2, 3, 2, 3], np.float32)[:, None, None, None]  # (y0, x0, y1, x1) edges
+    lsnet = Heads(heatmaps=1, distances=4, heatmap_classes=[1], threshold=0.5)
+    (r,) = network_regions(heat, distances, lsnet, grid, ref, {1: "Gland"})
+    assert r["source"] == "boxes" and r["center_index"] == [10, 10, 4]
+    assert r["box_index"] == [7, 8, 3, 13, 12, 6]  # x 10-3..10+3, y 10-2..10+2, z: slices 3-5
+    focus = Heads(heatmaps=1, heatmap_classes=[1], threshold=0.5, roi_sizes=[[4, 6]])
+    (r,) = network_regions(heat, None, focus, grid, ref, {1: "Gland"})
+    assert r["source"] == "heatmap" and r["box_index"] == [7, 8, 3, 13, 12, 6]

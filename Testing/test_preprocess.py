@@ -71,3 +71,27 @@ def test_resampling_only_the_covered_region_equals_resampling_everything(phantom
                             1.0 if c == 0 else 0.0, sitk.sitkFloat32)
         full.append(sitk.GetArrayFromImage(img))
     np.testing.assert_array_equal(fast, np.argmax(np.stack(full), axis=0))
+
+
+def test_restricting_to_the_foreground_box_is_exact(phantom):
+    # Background wins everywhere except in a small blob; the fast path resamples only around it
+    # and must still give the argmax of resampling every class over the whole input grid.
+    prep = Preprocessor(PreprocessConfig(spacing=[2.0, 2.5, 2.0], modality="CT", normalization=[{"scheme": "zscore"}]))
+    pre = prep([phantom.image], phantom.label)
+    rng = np.random.default_rng(1)
+    probs = rng.random((3,) + pre.label.shape).astype(np.float32) * 0.3
+    probs[0] += 0.6
+    z, y, x = (s // 2 for s in pre.label.shape)
+    probs[1, z - 3:z + 3, y - 4:y + 2, x - 2:x + 5] += 1.0
+    probs[2, z:z + 3, y - 3:y, x:x + 4] += 2.0
+    probs /= probs.sum(0)
+    fast = probabilities_to_labels(probs, pre.grid, phantom.image)
+    full = [sitk.GetArrayFromImage(sitk.Resample(pre.grid.image(probs[c]), phantom.image, sitk.Transform(),
+                                                 sitk.sitkLinear, 1.0 if c == 0 else 0.0, sitk.sitkFloat32))
+            for c in range(3)]
+    expected = np.argmax(np.stack(full), axis=0)
+    assert (expected == 1).sum() > 50 and (expected == 2).sum() > 10
+    np.testing.assert_array_equal(fast, expected)
+    all_background = np.zeros_like(probs)
+    all_background[0] = 1.0
+    assert not probabilities_to_labels(all_background, pre.grid, phantom.image).any()

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelError
+from .inference.device import native_bf16_cpu
 
 CPU_PATCH_3D = (48, 64, 64)
 """Largest default training patch (z, y, x) on the CPU: about a quarter of a typical card patch."""
@@ -240,23 +241,6 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _native_bf16_cpu() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there, mixed precision
-    about halves a training step; elsewhere it would be emulated, and slower than float32.
-    ``MEDSEG_CPU_BF16=0`` turns it off."""
-    if os.environ.get("MEDSEG_CPU_BF16", "").strip() == "0":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (OSError, AttributeError, RuntimeError):
-        pass
-    return False
-
-
 def _check_name(name: str) -> str:
     from .models.package import find_model, user_models_dir
 
@@ -437,7 +421,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         schedule = SimpleNamespace(warmup_steps=max(1, min(10, steps // 10)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, s / steps, schedule))
         loss_fn = DiceCELoss()
-        amp = dev.type == "cuda" or (dev.type == "cpu" and _native_bf16_cpu())
+        amp = dev.type == "cuda" or (dev.type == "cpu" and native_bf16_cpu())
         net.train()
         if frozen:
             net.encoder.eval()  # frozen: batch-norm statistics (if any) and dropout stay as trained

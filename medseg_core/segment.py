@@ -38,6 +38,7 @@ def stem_of(path: str | Path) -> str:
 
 
 LOW_CONFIDENCE = "Low confidence"
+CONFIDENCE_STEPS = 1024  # the stored confidence map is quantised to multiples of 1/CONFIDENCE_STEPS
 LOW_CONFIDENCE_COLOR = (1.0, 0.85, 0.0)
 
 
@@ -177,7 +178,9 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
             write_labelmap(label_img, staged.stage(outs["labels"]))
             write_segmentation(label_img, card.labels, staged.stage(outs["segmentation"]), extra_segments=extra)
             if conf is not None:
-                conf_img = sitk.GetImageFromArray(conf)
+                # stored in steps of 1/1024 (error at most 0.0005): the full float mantissa made
+                # gzip write 36 MB in 2 s for a full-size CT, the steps 1.3 MB in 0.2 s
+                conf_img = sitk.GetImageFromArray(np.round(conf * CONFIDENCE_STEPS) / CONFIDENCE_STEPS)
                 conf_img.CopyInformation(label_img)
                 write_float_volume(conf_img, staged.stage(outs["confidence"]))
             if small:

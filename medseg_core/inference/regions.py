@@ -48,39 +48,66 @@ def parse_box(text: str) -> list[float]:
     return vals
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The (z, y, x) slices around a mask's True voxels, or None when it has none."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def component_regions(labels: sitk.Image, organs: dict[int, str], probability=None, min_voxels: int = 3,
                       max_per_organ: int = 3) -> list[dict]:
     """Connected components of each small organ's label, largest first.
 
+    Components are found inside each organ's bounding box (on a full-size CT the whole grid took
+    seconds).
+
     Args:
         labels: labelmap on the input grid.
         organs: {label value: name} of the small organs.
-        probability: optional ``f(value) -> (z, y, x) array`` of that class's probability on the
-            input grid; the score is its mean over the component (else the component's share
-            of the organ's voxels).
+        probability: optional ``f(value, index_box) -> (z, y, x) array`` of that class's
+            probability over the voxel box ``[i0, j0, k0, i1, j1, k1]`` of the input grid; the
+            score is its mean over the component (else the component's share of the organ's
+            voxels).
+        min_voxels: smaller components are dropped.
+        max_per_organ: at most this many components (the largest) per organ.
     """
     regions = []
     arr = sitk.GetArrayViewFromImage(labels)
     for value, name in organs.items():
-        mask = sitk.Equal(labels, int(value)) if (arr == value).any() else None
-        if mask is None:
+        organ = arr == value
+        crop = _bounding_box(organ)
+        if crop is None:
             continue
-        cc = sitk.RelabelComponent(sitk.ConnectedComponent(mask), min_voxels)
+        offset = [s.start for s in crop[::-1]]  # (i, j, k) of the crop's first voxel
+        cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(organ[crop].astype(np.uint8))),
+                                   min_voxels)
         stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(cc)
+        stats.Execute(cc)  # the crop image has unit spacing and zero origin: positions are crop indices
+        found = sorted(stats.GetLabels())[:max_per_organ]
+        if not found:
+            continue
         total = sum(stats.GetNumberOfPixels(k) for k in stats.GetLabels())
-        prob = probability(value) if probability is not None and stats.GetLabels() else None
         cc_arr = sitk.GetArrayViewFromImage(cc)
-        for k in sorted(stats.GetLabels())[:max_per_organ]:
+        prob = None
+        if probability is not None:
+            prob = probability(value, offset + [o + s.stop - s.start for o, s in zip(offset, crop[::-1])])
+        for k in found:
             x, y, z, sx, sy, sz = stats.GetBoundingBox(k)
-            lo, hi = [x, y, z], [x + sx, y + sy, z + sz]
+            lo = [x + offset[0], y + offset[1], z + offset[2]]
+            hi = [lo[0] + sx, lo[1] + sy, lo[2] + sz]
             score = float(prob[cc_arr == k].mean()) if prob is not None else stats.GetNumberOfPixels(k) / total
+            centre_index = [c + o for c, o in zip(stats.GetCentroid(k), offset)]
             regions.append({
                 "label": name, "value": int(value), "source": "components", "score": round(score, 4),
                 "voxels": int(stats.GetNumberOfPixels(k)),
-                "center_mm": [round(float(c), 3) for c in stats.GetCentroid(k)],
+                "center_mm": [round(float(c), 3) for c in labels.TransformContinuousIndexToPhysicalPoint(centre_index)],
                 "box_mm": index_box_to_physical(labels, lo, hi),
-                "center_index": [int(round(c)) for c in labels.TransformPhysicalPointToContinuousIndex(stats.GetCentroid(k))],
+                "center_index": [int(round(c)) for c in centre_index],
                 "box_index": lo + hi,
             })
     return regions
@@ -106,6 +133,16 @@ def _grid_box_mm(grid, lo_zyx, hi_zyx) -> list[float]:
     return [round(float(v), 3) for v in np.concatenate([pts.min(0), pts.max(0)])]
 
 
+def _slice_run(on: np.ndarray, at: int) -> tuple[int, int]:
+    """First and last index of the run of True values of ``on`` around index ``at``."""
+    lo = hi = at
+    while lo > 0 and on[lo - 1]:
+        lo -= 1
+    while hi < on.size - 1 and on[hi + 1]:
+        hi += 1
+    return lo, hi
+
+
 def network_regions(heatmaps: np.ndarray, distances: np.ndarray | None, heads, grid, reference: sitk.Image,
                     names: dict[int, str], labels_model: np.ndarray | None = None) -> list[dict]:
     """Regions from a network's own heads, on the model grid, reported on the input grid.
@@ -126,20 +163,29 @@ def network_regions(heatmaps: np.ndarray, distances: np.ndarray | None, heads, g
             for c in range(1, int(cc.max()) + 1):
                 flat = np.where(cc.ravel() == c, hm.ravel(), -np.inf)
                 peaks.append(np.unravel_index(int(np.argmax(flat)), hm.shape))
-        for p in peaks:
+        for n, p in enumerate(peaks):
             p = np.array(p)
             value = heads.heatmap_classes[k] if heads.heatmap_classes else 0
             if value == 0 and labels_model is not None:  # a shared heatmap: the label predicted there
                 value = int(labels_model[tuple(p)])
+            # voxel centres covered, as continuous (z, y, x) indices; a 2D model's boxes lack the
+            # slice axis, which then spans the run of slices where this region shows
+            lo, hi = p.astype(float), p.astype(float)
             if distances is None:
                 half = np.array(heads.roi_sizes[k], dtype=float) / 2
-                lo, hi = p - half, p + half - 1  # voxel centres covered, as continuous indices
+                first = p.size - half.size
+                lo[first:], hi[first:] = p[first:] - half, p[first:] + half - 1
                 source = "heatmap"
+                shows = hm > heads.threshold
             else:
                 nd = distances.shape[0] // 2
+                first = p.size - nd
                 d = distances[(slice(None),) + tuple(p)]
-                lo, hi = p + 0.5 - d[:nd] - 0.5, p + 0.5 + d[nd:] - 0.5 - 1  # edges -> centre indices
+                lo[first:], hi[first:] = p[first:] - d[:nd], p[first:] + d[nd:] - 1  # edges -> centre indices
                 source = "boxes"
+                shows = cc == n + 1
+            if first:
+                lo[0], hi[0] = _slice_run(shows.reshape(shows.shape[0], -1).any(1), int(p[0]))
             box_mm = _grid_box_mm(grid, lo - 0.5, hi + 0.5)
             ilo, ihi = physical_box_to_index(reference, box_mm)
             centre = _grid_point(grid, p)

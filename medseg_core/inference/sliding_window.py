@@ -59,6 +59,7 @@ def sliding_window_predict(
         image: (C, *S) one case, any spatial size S (padded internally if smaller than a patch).
         predictor: maps (B, C, *patch) on ``device`` to logits (B, num_classes + num_extra, *patch).
         patch_size: window size, same length as S.
+        amp: bf16 autocast for the predictor (CUDA, or a CPU with native bf16: the caller decides).
         progress: called with the fraction of windows done.
         num_extra: trailing predictor channels that are not class logits (a confidence head,
             heatmaps, box distances): blended as they are, without the softmax.
@@ -86,8 +87,7 @@ def sliding_window_predict(
             chunk = boxes[b0:b0 + batch_size]
             sl = [tuple(slice(s, s + p) for s, p in zip(box, patch_size)) for box in chunk]
             batch = torch.stack([image[(slice(None),) + s] for s in sl]).to(device, non_blocking=True)
-            with torch.autocast(dev_type, dtype=torch.bfloat16 if dev_type == "cuda" else torch.float16,
-                                enabled=amp and dev_type == "cuda"):
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp and dev_type in ("cuda", "cpu")):
                 logits = predictor(batch)
             logits = logits.float()
             probs = torch.softmax(logits[:, :num_classes], dim=1)

@@ -1,0 +1,93 @@
+"""bf16 against float32 inference on the CPU: speed of the sliding window and Dice on HNOAR.
+
+For each validation case of ``../shared/data/HNOAR`` (``splits.json``), one loaded model
+predicts twice in this process, once in float32 and once with bf16 autocast (the default on
+CPUs that compute bf16 natively, see ``medseg_core.inference.device.native_bf16_cpu``); the
+order alternates from case to case so that machine noise falls on both. Printed: the sliding
+window seconds of each, their ratio, the share of voxels whose label differs, and per-organ Dice
+against the clinical contours for both (organs not contoured in a case are left out).
+
+Usage::
+
+    python benchmarks/precision.py [--model hn-oar-unet] [--cases N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "HNOAR"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="hn-oar-unet")
+    ap.add_argument("--cases", type=int, default=0, help="first N validation cases (0: all)")
+    ap.add_argument("--json", help="write the figures here")
+    a = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"{DATA} not found: nothing to measure")
+        return
+    import SimpleITK as sitk
+    import torch
+
+    from medseg_core.inference.device import native_bf16_cpu
+    from medseg_core.inference.predictor import Predictor
+    from medseg_core.io import read_image
+    from medseg_core.metrics import dice
+    from medseg_core.models import find_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native bf16: {native_bf16_cpu()}")
+    cases = json.loads((DATA / "splits.json").read_text())["validation"]
+    cases = cases[: a.cases] if a.cases else cases
+    pred = Predictor(find_model(a.model), device="cpu")
+    names = {lab.value: lab.name for lab in pred.card.labels}
+    seconds = {"float32": [], "bf16": []}
+    dices = {"float32": {n: [] for n in names.values()}, "bf16": {n: [] for n in names.values()}}
+    differ = []
+    for i, case in enumerate(cases):
+        img = read_image(DATA / "imagesTr" / f"{case}_0000.nii.gz")
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "labelsTr" / f"{case}.nii.gz")))
+        labels = {}
+        for mode in (("float32", "bf16") if i % 2 == 0 else ("bf16", "float32")):
+            pred.amp = mode == "bf16"
+            t = time.perf_counter()
+            res = pred.predict([img], confidence=False)
+            seconds[mode].append(time.perf_counter() - t)
+            labels[mode] = sitk.GetArrayFromImage(res.labels)
+            for value, name in names.items():
+                if (ref == value).any():
+                    dices[mode][name].append(dice(labels[mode] == value, ref == value))
+        differ.append(float((labels["float32"] != labels["bf16"]).mean()))
+        print(f"{case}: float32 {seconds['float32'][-1]:.2f} s, bf16 {seconds['bf16'][-1]:.2f} s, "
+              f"labels differ on {differ[-1] * 100:.4f}% of voxels", flush=True)
+    figures = {"model": a.model, "cases": len(cases), "native_bf16": native_bf16_cpu(),
+               "median_seconds": {m: round(statistics.median(v), 3) for m, v in seconds.items()},
+               "bf16_over_float32": round(statistics.median(b / f for b, f in zip(seconds["bf16"], seconds["float32"])), 3),
+               "voxels_differing_mean": float(np.mean(differ)),
+               "dice": {m: {n: round(float(np.mean(v)), 4) if v else None for n, v in d.items()} for m, d in dices.items()}}
+    for m in ("float32", "bf16"):
+        per_organ = [v for v in figures["dice"][m].values() if v is not None]
+        figures["dice"][m]["mean"] = round(float(np.mean(per_organ)), 4)
+    print(f"\n{a.model} on {len(cases)} validation cases (2 runs each, alternating order)")
+    print(f"predict median: float32 {figures['median_seconds']['float32']} s, bf16 {figures['median_seconds']['bf16']} s, "
+          f"bf16/float32 {figures['bf16_over_float32']}")
+    print(f"labels differing: {figures['voxels_differing_mean'] * 100:.4f}% of voxels on average")
+    print(f"{'organ':14s} {'float32':>8s} {'bf16':>8s}")
+    for name in list(names.values()) + ["mean"]:
+        f, b = figures["dice"]["float32"][name], figures["dice"]["bf16"][name]
+        print(f"{name:14s} {f:8.4f} {b:8.4f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
