@@ -25,7 +25,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    recipe: str = "dice_ce"  # see medseg_core/training/recipes.py
+    recipe: str = "dice_ce"  # see medseg_core/training/recipes/__init__.py
     recipe_kwargs: dict = field(default_factory=dict)
     fg_fraction: float = 0.67
     deep_supervision: bool = True

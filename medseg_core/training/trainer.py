@@ -152,10 +152,15 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
     sampler = PatchSampler(images, labels, n_cls, patch, config.fg_fraction, seed=config.seed * 1000 + info.rank)
     augment = Augmenter(config.mirror_axes, config.mirror_swap, seed=config.seed * 1000 + info.rank + 1)
     net = build_network(config.network["name"], **net_kwargs).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def make_optimizer(params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    recipe = build_recipe(config.recipe, **config.recipe_kwargs)
+    recipe.attach(net, make_optimizer)
+    opt = make_optimizer(recipe.parameters(net))
     clock = _Clock(config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, clock.fraction(s), config))
-    recipe = build_recipe(config.recipe, **config.recipe_kwargs)
     step, best, history = 0, -1.0, []
     last = run_dir / "last"
     if resume and (last / "state.json").is_file():
@@ -165,6 +170,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
         extra = torch.load(last / "optim.pt", map_location=dev, weights_only=True)
         opt.load_state_dict(extra["optimizer"])
         sched.load_state_dict(extra["scheduler"])
+        recipe.load_state_dict(extra.get("recipe", {}))
         sampler.gen.set_state(extra["sampler_rng"][info.rank % len(extra["sampler_rng"])])
         augment.gen.set_state(extra["augment_rng"][info.rank % len(extra["augment_rng"])])
         state = json.loads((last / "state.json").read_text())
@@ -207,7 +213,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp / "weights.safetensors"))
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "sampler_rng": rng_s,
-                    "augment_rng": rng_a}, tmp / "optim.pt")
+                    "augment_rng": rng_a, "recipe": recipe.state_dict()}, tmp / "optim.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "best": best, "history": history,
                                                      "train_seconds": clock.elapsed()}))
         old = run_dir / ".last.old"
@@ -233,13 +239,9 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
         x, y = augment(x, y)
         if spatial_dims == 2 and x.ndim == 5:
             x, y = x[:, :, 0], y[:, 0]
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        loss = recipe.loss(out, y, ann)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
-        opt.step()
+        recipe.before_step(step, clock.fraction(step))
+        loss = recipe.train_step(model, x, y, ann, opt,
+                                 lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp))
         sched.step()
         step += 1
         recipe.after_step(step)

@@ -1,8 +1,4 @@
-"""Training recipes: each paper's loss (and the schedule around it), chosen by name in the config.
-
-A recipe turns a network's :class:`~medseg_core.nets.SegOutput` and the labels of a batch into a
-loss, and may react after each step. The trainer does the rest (sampling, optimiser, validation,
-checkpoints), the same for every recipe, so methods compare on an equal footing.
+"""Recipes that are a loss (and a switch) around the trainer's own step.
 
 * ``dice_ce`` (default): Dice + cross-entropy, deep supervision where the network has it.
 * ``pgd_nsfl`` (PGD-UNet): lambda * focal + (1 - lambda) * Dice, switching focal to the
@@ -10,31 +6,15 @@ checkpoints), the same for every recipe, so methods compare on an equal footing.
   ``switch_step`` steps).
 * ``godc`` (GODC + LFAM): the gradient-optimised Dice loss, plus cross-entropy for a stable
   start (a choice: the paper uses GODC alone; ``ce_weight: 0`` restores that).
-
-FocusNet's four stages, L-SNet's alternating updates and the difficulty-aware network's
-adversarial confidence learning need their own loops and are not recipes here yet.
+* ``focal_dice``: focal + Dice, the control against which NSFL is compared.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..losses import DiceCELoss, GODCLoss, NSFLDiceLoss, deep_supervision_loss, marginal_cross_entropy
-
-
-class Recipe:
-    """Base recipe: ``loss(out, target, annotated)``; ``after_step(step)``; ``state()`` for logs."""
-
-    name = "base"
-
-    def loss(self, out, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def after_step(self, step: int) -> None:
-        pass
-
-    def state(self) -> dict:
-        return {}
+from ...losses import DiceCELoss, GODCLoss, NSFLDiceLoss, deep_supervision_loss, marginal_cross_entropy
+from .base import FocalDice, Recipe
 
 
 class DiceCE(Recipe):
@@ -95,10 +75,14 @@ class GODC(Recipe):
                                      target, annotated)
 
 
-RECIPES = {r.name: r for r in (DiceCE, PGDNSFL, GODC)}
+class FocalDiceRecipe(Recipe):
+    """``focal + Dice``: PGD-UNet's loss without the NSFL switch (the control for NSFL)."""
 
+    name = "focal_dice"
 
-def build_recipe(name: str, **kwargs) -> Recipe:
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name](**kwargs)
+    def __init__(self, gamma: float = 2.0, dice_weight: float = 1.0):
+        self.fn = FocalDice(gamma=gamma, dice_weight=dice_weight)
+
+    def loss(self, out, target, annotated):
+        return deep_supervision_loss(self.fn, out.logits.float(), [d.float() for d in out.deep_supervision],
+                                     target, annotated)

@@ -1,0 +1,102 @@
+"""What a training recipe is: the loss and, where a paper needs it, the whole training step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import torch
+
+from ...losses import DiceLoss, FocalLoss
+
+MakeOptimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+GRAD_CLIP = 12.0
+
+
+class Recipe:
+    """A paper's training procedure, chosen by name in the config.
+
+    The trainer (sampling, optimiser, LR schedule, validation, checkpoints) is the same for every
+    recipe, so methods compare on an equal footing. A recipe supplies:
+
+    * :meth:`loss` ``(out, target, annotated)``: the loss of one forward pass;
+    * :meth:`train_step`: one optimisation step; the default runs forward, :meth:`loss`,
+      backward, gradient clipping and the optimiser step. Alternating methods (L-SNet, DAN)
+      override it;
+    * :meth:`attach`: called once with the built network, before the main optimiser is made,
+      to set up stages or extra optimisers; :meth:`parameters` says what the main optimiser
+      updates (default: everything);
+    * :meth:`before_step` ``(step, fraction)`` and :meth:`after_step` ``(step)``: schedules;
+    * :meth:`state` (shown in the training history) and :meth:`state_dict` /
+      :meth:`load_state_dict` (saved with the resume point).
+    """
+
+    name = "base"
+
+    def attach(self, net: torch.nn.Module, make_optimizer: MakeOptimizer) -> None:
+        pass
+
+    def parameters(self, net: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
+        return net.parameters()
+
+    def before_step(self, step: int, fraction: float) -> None:
+        pass
+
+    def loss(self, out, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor):
+        """The training forward pass (FocusNet passes the organs' centres, for example)."""
+        return model(x)
+
+    def train_step(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
+                   optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+        """One step; returns the (detached) loss to log."""
+        with autocast():
+            out = self.forward(model, x, target)
+        loss = self.loss(out, target, annotated)
+        step_on(optimizer, loss, model.parameters())
+        return loss.detach()
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def step_on(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, clip: float = GRAD_CLIP) -> None:
+    """zero_grad, backward, clip the gradient norm of ``parameters``, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
+    optimizer.step()
+
+
+def sync_lr(source: torch.optim.Optimizer, *others: torch.optim.Optimizer) -> None:
+    """Gives extra optimisers the main optimiser's current learning rate (the trainer's schedule)."""
+    lr = source.param_groups[0]["lr"]
+    for opt in others:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+class FocalDice(torch.nn.Module):
+    """``focal + dice_weight * Dice`` with the marginal treatment of un-annotated classes."""
+
+    def __init__(self, gamma: float = 2.0, dice_weight: float = 1.0):
+        super().__init__()
+        self.focal = FocalLoss(gamma=gamma)
+        self.dice = DiceLoss()
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
+        logits = logits.float()
+        return self.focal(logits, target, annotated) + self.dice_weight * self.dice(logits, target, annotated)
