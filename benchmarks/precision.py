@@ -1,4 +1,4 @@
-"""bf16 against float32 inference on the CPU: speed of the sliding window and Dice on HNOAR.
+"""bf16 against float32 inference on the CPU (or one model against another): speed and Dice on HNOAR.
 
 For each validation case of ``../shared/data/HNOAR`` (``splits.json``), one loaded model
 predicts twice in this process, once in float32 and once with bf16 autocast (the default on
@@ -7,9 +7,12 @@ order alternates from case to case so that machine noise falls on both. Printed:
 window seconds of each, their ratio, the share of voxels whose label differs, and per-organ Dice
 against the clinical contours for both (organs not contoured in a case are left out).
 
+With ``--against OTHER`` the two runs are ``--model`` and ``OTHER`` (a name or a package
+folder), each at the default precision: e.g. a package stored in int8 against its float16 one.
+
 Usage::
 
-    python benchmarks/precision.py [--model hn-oar-unet] [--cases N] [--json OUT]
+    python benchmarks/precision.py [--model hn-oar-unet] [--against OTHER] [--cases N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ DATA = ROOT.parent / "shared" / "data" / "HNOAR"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="hn-oar-unet")
+    ap.add_argument("--against", help="compare --model with this model instead of float32 with bf16")
     ap.add_argument("--cases", type=int, default=0, help="first N validation cases (0: all)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
@@ -49,42 +53,50 @@ def main() -> None:
     cases = json.loads((DATA / "splits.json").read_text())["validation"]
     cases = cases[: a.cases] if a.cases else cases
     pred = Predictor(find_model(a.model), device="cpu")
+    if a.against:
+        other = Predictor(find_model(a.against), device="cpu")
+        modes = {a.model: (pred, pred.amp), a.against: (other, other.amp)}
+    else:
+        modes = {"float32": (pred, False), "bf16": (pred, True)}
+    first, second = list(modes)
     names = {lab.value: lab.name for lab in pred.card.labels}
-    seconds = {"float32": [], "bf16": []}
-    dices = {"float32": {n: [] for n in names.values()}, "bf16": {n: [] for n in names.values()}}
+    seconds = {m: [] for m in modes}
+    dices = {m: {n: [] for n in names.values()} for m in modes}
     differ = []
     for i, case in enumerate(cases):
         img = read_image(DATA / "imagesTr" / f"{case}_0000.nii.gz")
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "labelsTr" / f"{case}.nii.gz")))
         labels = {}
-        for mode in (("float32", "bf16") if i % 2 == 0 else ("bf16", "float32")):
-            pred.amp = mode == "bf16"
+        for mode in (modes if i % 2 == 0 else list(modes)[::-1]):
+            predictor, amp = modes[mode]
+            predictor.amp = amp
             t = time.perf_counter()
-            res = pred.predict([img], confidence=False)
+            res = predictor.predict([img], confidence=False)
             seconds[mode].append(time.perf_counter() - t)
             labels[mode] = sitk.GetArrayFromImage(res.labels)
             for value, name in names.items():
                 if (ref == value).any():
                     dices[mode][name].append(dice(labels[mode] == value, ref == value))
-        differ.append(float((labels["float32"] != labels["bf16"]).mean()))
-        print(f"{case}: float32 {seconds['float32'][-1]:.2f} s, bf16 {seconds['bf16'][-1]:.2f} s, "
+        differ.append(float((labels[first] != labels[second]).mean()))
+        print(f"{case}: {first} {seconds[first][-1]:.2f} s, {second} {seconds[second][-1]:.2f} s, "
               f"labels differ on {differ[-1] * 100:.4f}% of voxels", flush=True)
     figures = {"model": a.model, "cases": len(cases), "native_bf16": native_bf16_cpu(),
                "median_seconds": {m: round(statistics.median(v), 3) for m, v in seconds.items()},
-               "bf16_over_float32": round(statistics.median(b / f for b, f in zip(seconds["bf16"], seconds["float32"])), 3),
+               "modes": [first, second],
+               "second_over_first": round(statistics.median(b / f for b, f in zip(seconds[second], seconds[first])), 3),
                "voxels_differing_mean": float(np.mean(differ)),
                "dice": {m: {n: round(float(np.mean(v)), 4) if v else None for n, v in d.items()} for m, d in dices.items()}}
-    for m in ("float32", "bf16"):
+    for m in modes:
         per_organ = [v for v in figures["dice"][m].values() if v is not None]
         figures["dice"][m]["mean"] = round(float(np.mean(per_organ)), 4)
     print(f"\n{a.model} on {len(cases)} validation cases (2 runs each, alternating order)")
-    print(f"predict median: float32 {figures['median_seconds']['float32']} s, bf16 {figures['median_seconds']['bf16']} s, "
-          f"bf16/float32 {figures['bf16_over_float32']}")
+    print(f"predict median: {first} {figures['median_seconds'][first]} s, {second} {figures['median_seconds'][second]} s, "
+          f"ratio {figures['second_over_first']}")
     print(f"labels differing: {figures['voxels_differing_mean'] * 100:.4f}% of voxels on average")
-    print(f"{'organ':14s} {'float32':>8s} {'bf16':>8s}")
+    print(f"{'organ':14s} {first[:12]:>12s} {second[:12]:>12s}")
     for name in list(names.values()) + ["mean"]:
-        f, b = figures["dice"]["float32"][name], figures["dice"]["bf16"][name]
-        print(f"{name:14s} {f:8.4f} {b:8.4f}")
+        f, b = figures["dice"][first][name], figures["dice"][second][name]
+        print(f"{name:14s} {f:12.4f} {b:12.4f}")
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=1))
 

@@ -125,30 +125,31 @@ def cmd_segment(a) -> int:
 
 def models_json() -> list[dict]:
     """What ``medseg models --json`` prints: one entry per installed model."""
-    from .models import list_models
+    from .models import aliases, list_models
 
+    named = {}
+    for alias, entry in aliases().items():
+        named.setdefault(entry["model"], []).append(alias)
     out = []
     for m in list_models():
         c = m.card
         out.append({"name": c.name, "version": c.version, "description": c.description, "modality": c.modality,
                     "channels": c.channels, "labels": [lab.to_dict() for lab in c.labels],
                     "network": c.network.get("name"), "source": m.source, "path": str(m.path),
-                    "validation": c.validation, "parent": c.parent, "small_organs": c.small_organs})
+                    "validation": c.validation, "parent": c.parent, "small_organs": c.small_organs,
+                    "aliases": named.get(m.path.name, []) if m.source == "bundled" else []})
     return out
 
 
 def cmd_models(a) -> int:
-    from .models import list_models
-
-    models = list_models()
     if a.json:
         print(json.dumps(models_json(), indent=1))
     else:
-        for m in models:
-            c = m.card
-            dice = c.validation.get("mean_dice")
-            print(f"{c.name:24s} {c.version:8s} {c.modality:4s} {len(c.labels):2d} labels  {m.source:7s}"
-                  + (f"  validation Dice {dice:.3f}" if isinstance(dice, (int, float)) else ""))
+        for m in models_json():
+            dice = m["validation"].get("mean_dice")
+            print(f"{m['name']:24s} {m['version']:8s} {m['modality']:4s} {len(m['labels']):2d} labels  {m['source']:7s}"
+                  + (f"  validation Dice {dice:.3f}" if isinstance(dice, (int, float)) else "")
+                  + (f"  (also: {', '.join(m['aliases'])})" if m["aliases"] else ""))
     return 0
 
 

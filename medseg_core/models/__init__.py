@@ -3,6 +3,7 @@
 from .card import ModelCard
 from .package import (
     ModelPackage,
+    aliases,
     bundled_dir,
     find_model,
     list_models,
@@ -11,5 +12,5 @@ from .package import (
     user_models_dir,
 )
 
-__all__ = ["ModelCard", "ModelPackage", "bundled_dir", "find_model", "list_models", "load_package",
+__all__ = ["ModelCard", "ModelPackage", "aliases", "bundled_dir", "find_model", "list_models", "load_package",
            "save_package", "user_models_dir"]

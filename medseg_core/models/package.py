@@ -10,6 +10,7 @@ the models bundled with the package; a path to a package folder is taken as is.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from .card import ModelCard
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
+ALIASES = "aliases.json"
 
 
 def bundled_dir() -> Path:
@@ -66,7 +68,7 @@ class ModelPackage:
             state = load_file(str(wfile))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelError(f"{wfile}: cannot read weights ({exc})") from None
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        return dequantize(state)
 
     def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The network in eval mode on ``device`` with the package's weights."""
@@ -107,26 +109,79 @@ def list_models() -> list[ModelPackage]:
     return list(found.values())
 
 
+def aliases() -> dict[str, dict]:
+    """Bundled aliases, ``{alias: {"model": name, "why": reason}}`` (``bundled/aliases.json``);
+    e.g. ``hn-oar`` names the bundled head-and-neck model that did best on validation."""
+    path = bundled_dir() / ALIASES
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
 def find_model(name_or_path: str) -> ModelPackage:
-    """A package by name (user folder, then bundled) or by folder path."""
+    """A package by name (user folder, then bundled, then a bundled alias) or by folder path."""
     p = Path(name_or_path).expanduser()
     if (p / CARD).is_file():
         return load_package(p, "path")
     for root, source in ((user_models_dir(), "user"), (bundled_dir(), "bundled")):
         if (root / name_or_path / CARD).is_file():
             return load_package(root / name_or_path, source)
-    known = ", ".join(m.card.name for m in list_models()) or "none"
+    alias = aliases().get(name_or_path)
+    if alias and (bundled_dir() / alias["model"] / CARD).is_file():
+        return load_package(bundled_dir() / alias["model"], "bundled")
+    known = ", ".join([m.card.name for m in list_models()] + list(aliases())) or "none"
     raise ModelError(f"{name_or_path}: unknown model; known models: {known}")
 
 
+INT8_SCALE = ".__int8_scale__"
+INT8_MIN_NUMEL = 1024
+
+
+def quantize_int8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Symmetric int8 per output channel for the large weight tensors, float16 for the rest.
+
+    A floating tensor with two or more dimensions and at least ``INT8_MIN_NUMEL`` values
+    (convolution and linear weights) is stored as int8 ``round(w / s)`` with one float32 scale
+    ``s = max|w| / 127`` per output channel, under ``name + INT8_SCALE``; biases and norms keep
+    float16. About half the size of float16; :func:`dequantize` reverses it.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.dim() >= 2 and v.numel() >= INT8_MIN_NUMEL:
+            w = v.float()
+            scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / 127.0
+            out[k] = torch.round(w / scale).clamp(-127, 127).to(torch.int8).contiguous()
+            out[k + INT8_SCALE] = scale.flatten().contiguous()
+        else:
+            out[k] = (v.half() if v.is_floating_point() else v).contiguous()
+    return out
+
+
+def dequantize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 tensors from a stored state dict (float16, float32 or :func:`quantize_int8`)."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith(INT8_SCALE):
+            continue
+        scale = state.get(k + INT8_SCALE)
+        if scale is not None:
+            out[k] = v.float() * scale.float().view(-1, *([1] * (v.dim() - 1)))
+        else:
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
 def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str | Path,
-                 half: bool = False, overwrite: bool = False) -> ModelPackage:
+                 half: bool = False, overwrite: bool = False, int8: bool = False) -> ModelPackage:
     """Write a package atomically: a temporary sibling folder renamed to ``dest`` at the end.
 
     Args:
         half: store floating weights as float16 (halves the size; loading casts back to float32).
         overwrite: replace an existing ``dest`` (the old folder is removed only after the new one
             is complete).
+        int8: store the large weights as int8 with per-channel scales (:func:`quantize_int8`;
+            a quarter of float32), the rest as float16.
     """
     from safetensors.torch import save_file
 
@@ -139,12 +194,16 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     LIVE_TEMPORARIES.add(tmp)
     try:
-        tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
-                   for k, v in state_dict.items()}
+        if int8:
+            tensors = quantize_int8(state_dict)
+        else:
+            tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
+                       for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS))
         card.weights = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS),
-                        "dtype": "float16" if half else "float32",
-                        "parameters": int(sum(v.numel() for v in tensors.values() if v.is_floating_point()))}
+                        "dtype": "int8 per channel + float16" if int8 else "float16" if half else "float32",
+                        "parameters": int(sum(v.numel() for k, v in state_dict.items()
+                                              if v.is_floating_point() and not k.endswith(INT8_SCALE)))}
         (tmp / CARD).write_text(card.to_json() + "\n")
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
