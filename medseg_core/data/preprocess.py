@@ -58,14 +58,16 @@ class Preprocessed:
     grid: Grid
 
 
-def bbox_from_mask(mask: np.ndarray, margin: tuple[int, ...], min_count: int = 5) -> tuple[slice, ...] | None:
+def bbox_from_mask(mask: np.ndarray, margin=0, min_count: int = 5) -> tuple[slice, ...] | None:
     """Bounding box of a mask as slices (array order), ignoring planes with fewer than
-    ``min_count`` voxels (isolated noise in the air), grown by ``margin`` voxels per axis."""
+    ``min_count`` voxels (isolated noise in the air), grown by ``margin`` voxels per axis (one
+    value or one per axis); None when no plane qualifies."""
+    margin = [int(margin)] * mask.ndim if np.isscalar(margin) else list(margin)
     slices = []
     for ax in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != ax)
-        counts = mask.sum(axis=other)
-        idx = np.nonzero(counts >= min_count)[0]
+        hits = mask.any(axis=other) if min_count <= 1 else mask.sum(axis=other) >= min_count
+        idx = np.flatnonzero(hits)
         if idx.size == 0:
             return None
         lo = max(0, int(idx[0]) - margin[ax])
@@ -203,14 +205,9 @@ def probabilities_to_labels(probs: np.ndarray, grid: Grid, reference: sitk.Image
     background wins.
     """
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8 if probs.shape[0] < 256 else np.uint16)
-    winner = np.argmax(probs, axis=0)
-    fg_box = []
-    for axis in range(3):
-        hit = np.flatnonzero((winner != 0).any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return labels
-        fg_box.append(slice(max(0, int(hit[0]) - 1), min(winner.shape[axis], int(hit[-1]) + 2)))
-    fg_box = tuple(fg_box)
+    fg_box = bbox_from_mask(np.argmax(probs, axis=0) != 0, margin=1, min_count=1)
+    if fg_box is None:
+        return labels
     sub_grid = grid.sub_grid(fg_box)
     region = covered_region(sub_grid, reference)
     if region is None:
@@ -220,20 +217,6 @@ def probabilities_to_labels(probs: np.ndarray, grid: Grid, reference: sitk.Image
     best = None
     for c in range(probs.shape[0]):
         src = sub_grid.image(np.ascontiguousarray(probs[(c,) + fg_box], dtype=np.float32))
-        pc = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), sitk.sitkLinear,
-                                                  1.0 if c == 0 else 0.0, sitk.sitkFloat32))
-        if best is None:
-            best = pc
-            continue
-        better = pc > best
-        sub_labels[better] = c
-        np.maximum(best, pc, out=best)
-    return labels
-    box, sub = region
-    sub_labels = labels[box]
-    best = None
-    for c in range(probs.shape[0]):
-        src = grid.image(np.ascontiguousarray(probs[c], dtype=np.float32))
         pc = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), sitk.sitkLinear,
                                                   1.0 if c == 0 else 0.0, sitk.sitkFloat32))
         if best is None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..data.preprocess import bbox_from_mask
+
 
 def entropy_confidence(probs: np.ndarray, normaliser: str = "pair") -> np.ndarray:
     """``1 - H(p) / log(2)`` (or ``/ log(N)`` with ``normaliser="classes"``) per voxel, clipped
@@ -54,11 +56,7 @@ def low_confidence_mask(confidence: np.ndarray, labels: np.ndarray, threshold: f
         radius_zyx = [2, 2, 2]
     # dilate only inside the foreground's bounding box grown by the radius: on a full-size CT the
     # organs fill a small part of the grid and a whole-grid ball dilation cost about a second
-    box = []
-    for axis, r in enumerate(radius_zyx):
-        hit = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, hit[0] - r), min(fg.shape[axis], hit[-1] + r + 1)))
-    box = tuple(box)
+    box = bbox_from_mask(fg, margin=radius_zyx, min_count=1)
     img = sitk.GetImageFromArray(fg[box].astype(np.uint8))
     near = np.zeros_like(fg)
     near[box] = sitk.GetArrayViewFromImage(sitk.BinaryDilate(img, radius_zyx[::-1], sitk.sitkBall)) > 0

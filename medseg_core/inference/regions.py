@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
+from ..data.preprocess import bbox_from_mask
 from ..errors import InputError
 
 
@@ -48,17 +49,6 @@ def parse_box(text: str) -> list[float]:
     return vals
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The (z, y, x) slices around a mask's True voxels, or None when it has none."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def component_regions(labels: sitk.Image, organs: dict[int, str], probability=None, min_voxels: int = 3,
                       max_per_organ: int = 3) -> list[dict]:
     """Connected components of each small organ's label, largest first.
@@ -80,7 +70,7 @@ def component_regions(labels: sitk.Image, organs: dict[int, str], probability=No
     arr = sitk.GetArrayViewFromImage(labels)
     for value, name in organs.items():
         organ = arr == value
-        crop = _bounding_box(organ)
+        crop = bbox_from_mask(organ, min_count=1)
         if crop is None:
             continue
         offset = [s.start for s in crop[::-1]]  # (i, j, k) of the crop's first voxel
