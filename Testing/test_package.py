@@ -77,7 +77,8 @@ def test_every_bundled_model_loads_within_the_size_limits():
 
     bundled = [m for m in list_models() if m.source == "bundled"]
     names = {m.card.name for m in bundled}
-    assert {"phantom-unet", "hn-oar-unet", "hn-oar-pgd", "hn-oar-lfam", "hn-ptv"} <= names
+    assert {"phantom-unet", "hn-oar-unet", "hn-oar-pgd", "hn-oar-lfam", "hn-oar-focusnet", "hn-oar-lsnet",
+            "hn-oar-dan", "hn-ptv"} <= names
     total = 0
     for m in bundled:
         size = (m.path / "weights.safetensors").stat().st_size
