@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from ...losses import CenterNetFocalLoss, diou_loss
+from ...losses import CenterNetFocalLoss, diou_loss, gaussian_heatmap
 from ...nets.grad_scale import grad_scale
 from ...nets.lsnet import STRIDE, extract_keypoints
 from ...nets.roi_align import expand_boxes, roi_crop
@@ -87,8 +87,7 @@ class LSNetAlternating(Recipe):
 
     # ---------------------------------------------------------------- targets
     def _localisation_targets(self, target, n_cls, q_shape, device):
-        from ...losses import gaussian_heatmap
-
+        """True boxes, their presence, their quarter-resolution centres and Gaussian heatmaps."""
         boxes, present = class_boxes(target, n_cls)
         nd = target.ndim - 1
         k = n_cls - 1 if self.net.heatmap_per_class else 1
