@@ -107,7 +107,7 @@ def scale_targets(folder: Path, n: int = 24, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    cases, radii = [], []
+    cases = []
     yy, xx = np.mgrid[0:96, 0:96]
     for i in range(n):
         r = 3 + 15 * (i % 6) / 5 + rng.uniform(-0.5, 0.5)
@@ -122,13 +122,12 @@ def scale_targets(folder: Path, n: int = 24, seed: int = 0) -> Path:
         img[:, inside] += 80
         lab = np.repeat(inside[None], 8, axis=0).astype(np.uint8)
         case = f"scale_{i:03d}"
-        for arr, path, pixel in ((img.astype(np.int16), folder / "imagesTr" / f"{case}_0000.nii.gz", None),
-                                 (lab, folder / "labelsTr" / f"{case}.nii.gz", None)):
+        for arr, path in ((img.astype(np.int16), folder / "imagesTr" / f"{case}_0000.nii.gz"),
+                          (lab, folder / "labelsTr" / f"{case}.nii.gz")):
             im = sitk.GetImageFromArray(arr)
             im.SetSpacing((1.0, 1.0, 2.0))
             sitk.WriteImage(im, str(path), useCompression=True)
         cases.append(case)
-        radii.append(round(float(r), 1))
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "Target": 1},
                                                      "numTraining": n, "file_ending": ".nii.gz", "name": "Scale"}))
     val = [c for j, c in enumerate(cases) if j % 4 == 3]  # every size appears in both splits

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelError
-from .inference.device import native_bf16_cpu
+from .inference.device import use_bf16
 
 CPU_PATCH_3D = (48, 64, 64)
 """Largest default training patch (z, y, x) on the CPU: about a quarter of a typical card patch."""
@@ -421,7 +421,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         schedule = SimpleNamespace(warmup_steps=max(1, min(10, steps // 10)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, s / steps, schedule))
         loss_fn = DiceCELoss()
-        amp = dev.type == "cuda" or (dev.type == "cpu" and native_bf16_cpu())
+        amp = use_bf16(dev)
         net.train()
         if frozen:
             net.encoder.eval()  # frozen: batch-norm statistics (if any) and dropout stay as trained

@@ -210,6 +210,17 @@ class SegmentationLogic:
     def modelInfo(self, name):
         return next((m for m in self.models if m.name == name), None)
 
+    def _installedModel(self, name, askConfirmation, hint=""):
+        """The model called ``name`` once dependencies are in place and the list is read; a
+        ValueError naming it when it is not installed."""
+        self.ensureDependencies(askConfirmation)
+        if not self.models:
+            self.listModels(wait=True, askConfirmation=False)
+        model = self.modelInfo(name)
+        if model is None:
+            raise ValueError(f"Model {name} is not installed{hint}.")
+        return model
+
     # ---- checks ---------------------------------------------------------------------------------
     @staticmethod
     def volumeStats(volumeNode):
@@ -249,12 +260,7 @@ class SegmentationLogic:
         if roiNode is not None:
             params.roi_lps = self.roiBoxLPS(roiNode, inputVolume)
         params.validate()
-        self.ensureDependencies(askConfirmation)
-        if not self.models:
-            self.listModels(wait=True, askConfirmation=False)
-        model = self.modelInfo(params.model)
-        if model is None:
-            raise ValueError(f"Model {params.model} is not installed (refresh the model list).")
+        model = self._installedModel(params.model, askConfirmation, " (refresh the model list)")
         if len(model.channels) > 1:
             raise ValueError(f"{model.name} takes {len(model.channels)} images ({', '.join(model.channels)}); "
                              "run it with the medseg command line.")
@@ -301,12 +307,7 @@ class SegmentationLogic:
         if not params.model:
             params.model = segmentationNode.GetAttribute(SceneLoader.ATTR_MODEL) or ""
         params.validate()
-        self.ensureDependencies(askConfirmation)
-        if not self.models:
-            self.listModels(wait=True, askConfirmation=False)
-        model = self.modelInfo(params.model)
-        if model is None:
-            raise ValueError(f"Model {params.model} is not installed.")
+        model = self._installedModel(params.model, askConfirmation)
         tempDir = self._tempDir("medseg-finetune-")
         try:
             imagePath = SceneLoader.writeVolume(referenceVolume, os.path.join(tempDir, "image.nrrd"))

@@ -49,3 +49,10 @@ def native_bf16_cpu() -> bool:
     except (OSError, AttributeError, RuntimeError):
         pass
     return False
+
+
+def use_bf16(device: torch.device) -> bool:
+    """Whether to run ``device`` under bf16 autocast: always on CUDA, on the CPU only where it
+    computes bf16 natively (:func:`native_bf16_cpu`), never on MPS."""
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())

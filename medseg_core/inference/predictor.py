@@ -18,7 +18,7 @@ import torch
 from ..data.preprocess import Grid, PreprocessConfig, Preprocessor, probabilities_to_labels, to_input_grid
 from ..models import ModelPackage
 from .confidence import entropy_confidence
-from .device import native_bf16_cpu, resolve_device
+from .device import resolve_device, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
 from .sliding_window import sliding_window_predict
@@ -75,7 +75,7 @@ class Predictor:
         self.has_confidence_head = self.heads.confidence
         # bf16 autocast on CUDA and on CPUs that compute it natively (it halves the sliding window
         # there; on 33 HNOAR validation cases it changed the mean Dice by < 0.001, docs/results.md)
-        self.amp = self.device.type == "cuda" or (self.device.type == "cpu" and native_bf16_cpu())
+        self.amp = use_bf16(self.device)
         self.preprocessor = Preprocessor(PreprocessConfig.from_dict(self.card.preprocessing))
         self.batch_size = batch_size
         self.overlap = overlap

@@ -23,7 +23,7 @@ import torch
 from ..data.augment import Augmenter
 from ..data.preprocess_config import PreprocessConfig
 from ..data.sampling import PatchSampler
-from ..inference.device import native_bf16_cpu, resolve_device
+from ..inference.device import resolve_device, use_bf16
 from ..inference.sliding_window import sliding_window_predict
 from ..io.terminology import default_color, terminology_for
 from ..labels import Label
@@ -91,7 +91,7 @@ def validate(net: torch.nn.Module, images, labels, num_classes: int, patch, devi
         fwd = lambda b: net(b).logits  # noqa: E731
     out = np.full((len(images), num_classes - 1), np.nan)
     for i, (img, lab) in enumerate(zip(images, labels)):
-        amp = device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
+        amp = use_bf16(device)
         probs = sliding_window_predict(img, fwd, tuple(patch), num_classes, batch_size=batch_size, device=device,
                                        accumulate_device=device, amp=amp)
         pred = probs.argmax(0)
@@ -231,8 +231,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
 
         bar = tqdm(total=1000, initial=int(1000 * clock.fraction(step)), desc="train", dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
-    # bf16 autocast on CUDA, and on CPUs that compute bf16 natively (about halves a step there)
-    amp = config.amp and (dev.type == "cuda" or (dev.type == "cpu" and native_bf16_cpu()))
+    amp = config.amp and use_bf16(dev)  # on CPUs with native bf16 it about halves a step
     net.train()
     t_loop, fraction0, running = time.time(), clock.fraction(step), None
     done = False
