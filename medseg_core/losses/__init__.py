@@ -2,9 +2,9 @@
 
 from .box import diou_loss
 from .confidence import ConfidenceWeightedCE, adversarial_loss, confidence_bce, confidence_weights
-from .dice import DiceCELoss, DiceLoss, deep_supervision_loss, marginal_cross_entropy
+from .dice import DiceCELoss, DiceLoss, deep_supervision_loss, marginal_cross_entropy, soft_dice_loss
 from .dice_variants import (GeneralizedDiceLoss, GODCLoss, OrganAttentionDiceLoss, generalized_dice_weights,
-                            godc_weights, soft_dice_loss)
+                            godc_weights)
 from .focal import FocalLoss, NoiseSuppressionFocalLoss, NSFLDiceLoss
 from .heatmap import CenterNetFocalLoss, HeatmapMSELoss, gaussian_heatmap
 

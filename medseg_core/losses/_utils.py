@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -19,6 +20,29 @@ def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
+
+
+class DiceBase(nn.Module):
+    """The arguments every Dice-type loss shares (MONAI's vocabulary), checked in one place.
+
+    Args:
+        include_background: count class 0.
+        softmax: apply softmax to the input first (else it is taken as probabilities).
+        smooth_nr, smooth_dr: added to the numerator and the denominator.
+        reduction: "mean", "sum" or "none".
+        batch: pool the sums over the batch before the ratio (``None`` for losses without it).
+    """
+
+    def __init__(self, include_background: bool, softmax: bool, smooth_nr: float, smooth_dr: float,
+                 reduction: str, batch: bool | None = None):
+        super().__init__()
+        self.include_background = include_background
+        self.softmax = softmax
+        self.smooth_nr = smooth_nr
+        self.smooth_dr = smooth_dr
+        self.reduction = check_reduction(reduction)
+        if batch is not None:
+            self.batch = batch
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

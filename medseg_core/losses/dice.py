@@ -17,13 +17,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, *S) integer labels -> (B, N, *S) float one-hot."""
-    return F.one_hot(target.long(), num_classes).movedim(-1, 1).float()
+from ._utils import DiceBase, as_float, one_hot_like, reduce, spatial_sums
 
 
-class DiceLoss(nn.Module):
+def soft_dice_terms(probs: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None,
+                    include_background: bool = False, batch: bool = True, smooth_nr: float = 1e-5,
+                    smooth_dr: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft Dice loss per (sample, class), or per class with ``batch``, and its 0/1 weights.
+
+    Unannotated (sample, class) pairs get weight 0 (skipped, not merged). Keeps ``probs``' dtype.
+
+    Args:
+        probs: (B, N, *S) probabilities.
+        target: (B, *S) labels.
+        annotated: (B, N) bool, optional.
+
+    Returns:
+        ``(loss, weight)``, both (B, N') or (N',) with ``batch``; N' = N - 1 without background.
+    """
+    gt = one_hot_like(target, probs.shape[1], probs)
+    inter, psum, gsum = spatial_sums(probs, gt)
+    w = annotated.to(inter) if annotated is not None else torch.ones_like(inter)
+    if batch:
+        inter, psum, gsum = (inter * w).sum(0), (psum * w).sum(0), (gsum * w).sum(0)
+        w = (w.sum(0) > 0).to(inter)
+    loss = 1 - (2 * inter + smooth_nr) / (psum + gsum + smooth_dr)
+    if not include_background:
+        loss, w = loss[..., 1:], w[..., 1:]
+    return loss, w
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None,
+                   include_background: bool = False, batch: bool = True, smooth_nr: float = 1e-5,
+                   smooth_dr: float = 1e-5) -> torch.Tensor:
+    """Mean soft Dice loss of probabilities: :class:`DiceLoss` without the softmax; a scalar."""
+    loss, w = soft_dice_terms(probs, target, annotated, include_background, batch, smooth_nr, smooth_dr)
+    return reduce(loss, "mean", w)
+
+
+class DiceLoss(DiceBase):
     """Soft Dice loss, ``1 - (2 sum(p g) + smooth_nr) / (sum p + sum g + smooth_dr)``.
 
     Args:
@@ -41,35 +73,14 @@ class DiceLoss(nn.Module):
 
     def __init__(self, include_background: bool = False, softmax: bool = True, batch: bool = True,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean"):
-        super().__init__()
-        self.include_background = include_background
-        self.softmax = softmax
-        self.batch = batch
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.reduction = reduction
+        super().__init__(include_background, softmax, smooth_nr, smooth_dr, reduction, batch)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
         """input (B, N, *S) logits or probabilities; target (B, *S) labels; annotated (B, N) bool."""
-        n = input.shape[1]
-        probs = torch.softmax(input.float(), 1) if self.softmax else input.float()
-        gt = one_hot(target, n)
-        dims = tuple(range(2, input.ndim))
-        inter = (probs * gt).sum(dims)
-        psum = probs.sum(dims)
-        gsum = gt.sum(dims)
-        w = annotated.float() if annotated is not None else torch.ones_like(inter)
-        if self.batch:
-            inter, psum, gsum = (inter * w).sum(0), (psum * w).sum(0), (gsum * w).sum(0)
-            w = (w.sum(0) > 0).float()
-        dice = (2 * inter + self.smooth_nr) / (psum + gsum + self.smooth_dr)
-        loss = 1 - dice
-        if not self.include_background:
-            loss, w = loss[..., 1:], w[..., 1:]
-        if self.reduction == "none":
-            return loss * w
-        total = (loss * w).sum()
-        return total / w.sum().clamp_min(1) if self.reduction == "mean" else total
+        probs = torch.softmax(as_float(input), 1) if self.softmax else as_float(input)
+        loss, w = soft_dice_terms(probs, target, annotated, self.include_background, self.batch,
+                                  self.smooth_nr, self.smooth_dr)
+        return reduce(loss, self.reduction, w)
 
 
 def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,37 +17,10 @@ Float64 inputs stay float64 (gradcheck-able); half precision is promoted to floa
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ._utils import as_float, check_reduction, merge_unannotated, one_hot_like, reduce, spatial_sums
+from ._utils import DiceBase, as_float, merge_unannotated, one_hot_like, reduce, spatial_sums
 
 _TINY = 1e-12
-
-
-def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None,
-                   include_background: bool = False, batch: bool = True, smooth_nr: float = 1e-5,
-                   smooth_dr: float = 1e-5) -> torch.Tensor:
-    """Mean soft Dice loss with exactly :class:`~medseg_core.losses.dice.DiceLoss`'s semantics
-    (unannotated pairs skipped, no merging), but dtype-preserving.
-
-    Args:
-        probs: (B, N, *S) probabilities.
-        target: (B, *S) labels.
-        annotated: (B, N) bool, optional.
-
-    Returns:
-        scalar.
-    """
-    gt = one_hot_like(target, probs.shape[1], probs)
-    inter, psum, gsum = spatial_sums(probs, gt)
-    w = annotated.to(inter) if annotated is not None else torch.ones_like(inter)
-    if batch:
-        inter, psum, gsum = (inter * w).sum(0), (psum * w).sum(0), (gsum * w).sum(0)
-        w = (w.sum(0) > 0).to(inter)
-    loss = 1 - (2 * inter + smooth_nr) / (psum + gsum + smooth_dr)
-    if not include_background:
-        loss, w = loss[..., 1:], w[..., 1:]
-    return (loss * w).sum() / w.sum().clamp_min(1)
 
 
 def _class_sums(input, target, annotated, softmax):
@@ -106,7 +79,7 @@ def generalized_dice_weights(gsum: torch.Tensor, present: torch.Tensor | None = 
     return w
 
 
-class GeneralizedDiceLoss(nn.Module):
+class GeneralizedDiceLoss(DiceBase):
     """Generalised Dice loss (Sudre et al. 2017).
 
     ``1 - 2 sum_c w_c sum_i p_ci g_ci / sum_c w_c sum_i (p_ci + g_ci)`` with
@@ -138,13 +111,7 @@ class GeneralizedDiceLoss(nn.Module):
 
     def __init__(self, include_background: bool = True, softmax: bool = True, batch: bool = True,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean"):
-        super().__init__()
-        self.include_background = include_background
-        self.softmax = softmax
-        self.batch = batch
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.reduction = check_reduction(reduction)
+        super().__init__(include_background, softmax, smooth_nr, smooth_dr, reduction, batch)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of input (B, N, *S) against labels (B, *S); see the class docstring."""
@@ -194,7 +161,7 @@ def godc_weights(unions: torch.Tensor, mode: str = "minmax", mask: torch.Tensor 
     return w
 
 
-class GODCLoss(nn.Module):
+class GODCLoss(DiceBase):
     """Union-weighted per-sample Dice loss (GODC): ``w_i (1 - Dice_i)``.
 
     ``Dice_i`` is sample i's soft Dice averaged over its included classes (foreground by default;
@@ -218,15 +185,10 @@ class GODCLoss(nn.Module):
 
     def __init__(self, mode: str = "minmax", include_background: bool = False, softmax: bool = True,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean"):
-        super().__init__()
+        super().__init__(include_background, softmax, smooth_nr, smooth_dr, reduction)
         if mode not in ("minmax", "mean"):
             raise ValueError(f"mode must be 'minmax' or 'mean', got {mode!r}")
         self.mode = mode
-        self.include_background = include_background
-        self.softmax = softmax
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.reduction = check_reduction(reduction)
         self.last_weights: torch.Tensor | None = None
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
@@ -245,7 +207,7 @@ class GODCLoss(nn.Module):
         return reduce(w * (1 - dice), self.reduction, sample_ok.to(dice))
 
 
-class OrganAttentionDiceLoss(nn.Module):
+class OrganAttentionDiceLoss(DiceBase):
     """DAN's organ-attention ("focal") Dice loss: a generalised Dice whose class weights are
     ``(1 - dsc_c)^r`` with ``dsc_c`` a *running* per-class Dice.
 
@@ -278,18 +240,12 @@ class OrganAttentionDiceLoss(nn.Module):
     def __init__(self, num_classes: int, r: float = 2.0, momentum: float = 0.1, include_background: bool = False,
                  softmax: bool = True, batch: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(include_background, softmax, smooth_nr, smooth_dr, reduction, batch)
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
         self.num_classes = num_classes
         self.r = float(r)
         self.momentum = float(momentum)
-        self.include_background = include_background
-        self.softmax = softmax
-        self.batch = batch
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.reduction = check_reduction(reduction)
         self.register_buffer("running_dice", torch.zeros(num_classes))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
 

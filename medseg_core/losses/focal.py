@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._utils import as_float, check_reduction, class_weights, log_pt, reduce
-from .dice_variants import soft_dice_loss
+from .dice import soft_dice_loss
 
 
 def _per_voxel_parts(logits, target, annotated, alpha, include_background):
