@@ -116,6 +116,13 @@ def test_lfam_is_the_identity_at_init(dims, shape, share):
         assert len(seen) == 3
         for skip, aligned in seen:
             assert torch.equal(aligned, skip)
+        # The same network without its LFAMs: a plain U-Net with these weights gives these logits.
+        unet = build_network("unet", spatial_dims=dims, in_channels=1, out_channels=2, features=(4, 8, 8, 16)).eval()
+        result = unet.load_state_dict(net.state_dict(), strict=False)
+        assert not result.missing_keys
+        assert result.unexpected_keys and all(k.startswith(("lfam.", "shared_alignment."))
+                                              for k in result.unexpected_keys)
+        torch.testing.assert_close(unet(x).logits, ref, rtol=0, atol=0)
         seen.clear()
         for m in net.modules():
             if isinstance(m, DeformConv):

@@ -6,10 +6,11 @@ import torch
 from medseg_core.nets import SegOutput, available, build_network
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("dims,shape", [(3, (2, 1, 19, 26, 33)), (2, (3, 2, 37, 50))])
-def test_unet_odd_shapes_and_deep_supervision(dims, shape):
+def test_unet_odd_shapes_and_deep_supervision(dims, shape, residual):
     net = build_network("unet", spatial_dims=dims, in_channels=shape[1], out_channels=4,
-                        features=(4, 8, 16, 32), deep_supervision=True)
+                        features=(4, 8, 16, 32), deep_supervision=True, residual=residual)
     out = net(torch.randn(*shape))
     assert isinstance(out, SegOutput)
     assert out.logits.shape == (shape[0], 4) + shape[2:]

@@ -33,9 +33,8 @@ from torch import nn
 
 from . import factories as fx
 from .layers import DeformConv
-from .output import SegOutput
 from .registry import register
-from .unet import ConvUnit, DoubleConv, match_size
+from .unet import UNet
 
 
 def _zero_kernel(dc: DeformConv) -> None:
@@ -44,34 +43,6 @@ def _zero_kernel(dc: DeformConv) -> None:
         dc.weight.zero_()
         if dc.bias is not None:
             dc.bias.zero_()
-
-
-class ResBlock(nn.Module):
-    """Residual block: conv-norm-act-conv-norm plus a (projected) shortcut, then act.
-
-    Shapes:
-        (B, in_ch, *S) -> (B, out_ch, *S / stride).
-    """
-
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride=1, norm="instance",
-                 act="leakyrelu", dropout: float = 0.0):
-        super().__init__()
-        self.body = nn.Sequential(
-            ConvUnit(spatial_dims, in_ch, out_ch, stride, norm, act),
-            fx.dropout(spatial_dims, dropout),
-            fx.conv(spatial_dims, out_ch, out_ch, 3, bias=norm == "none"),
-            fx.norm(spatial_dims, norm, out_ch),
-        )
-        needs_proj = in_ch != out_ch or any(s != 1 for s in (stride if isinstance(stride, (tuple, list))
-                                                             else (stride,)))
-        self.shortcut = nn.Sequential(
-            fx.conv(spatial_dims, in_ch, out_ch, 1, stride=stride, bias=norm == "none"),
-            fx.norm(spatial_dims, norm, out_ch),
-        ) if needs_proj else nn.Identity()
-        self.act = fx.act(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
 
 
 class SharedAlignment(DeformConv):
@@ -135,7 +106,7 @@ class LFAM(nn.Module):
 
 
 @register("lfam_unet")
-class LFAMUNet(nn.Module):
+class LFAMUNet(UNet):
     """U-Net (plain or residual) with lateral feature alignment modules on its skips, 2D or 3D.
 
     Args:
@@ -164,52 +135,18 @@ class LFAMUNet(nn.Module):
                  norm: str = "instance", act: str = "leakyrelu", residual: bool = False,
                  deep_supervision: bool = False, dropout: float = 0.0, offset_groups: int = 4,
                  offset_channels: int = 8, share_alignment: bool = False, align_channels: int | None = None):
-        super().__init__()
+        super().__init__(spatial_dims, in_channels, out_channels, features, strides, norm, act, deep_supervision,
+                         dropout, residual)
         features = [int(f) for f in features]
-        n = len(features)
-        strides = list(strides) if strides is not None else [2] * (n - 1)
-        if len(strides) != n - 1:
-            raise ValueError(f"need {n - 1} strides for {n} levels, got {len(strides)}")
-        sd = spatial_dims
-        self.spatial_dims = sd
-        self.deep_supervision = deep_supervision
-        block = ResBlock if residual else DoubleConv
-        self.encoder = nn.ModuleList([block(sd, in_channels, features[0], 1, norm, act)])
-        for i in range(1, n):
-            self.encoder.append(block(sd, features[i - 1], features[i], strides[i - 1], norm, act,
-                                      dropout if i == n - 1 else 0.0))
         if share_alignment:
             width = int(align_channels or features[0])
-            self.shared_alignment = SharedAlignment(sd, width, offset_groups, min(width, offset_channels))
+            self.shared_alignment = SharedAlignment(spatial_dims, width, offset_groups, min(width, offset_channels))
         else:
             self.shared_alignment = None
-        self.up = nn.ModuleList()
-        self.lfam = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for i in range(n - 1, 0, -1):
-            c = features[i - 1]
-            self.up.append(fx.conv_transpose(sd, features[i], c, strides[i - 1], strides[i - 1]))
-            self.lfam.append(LFAM(sd, c, offset_groups, offset_channels, shared=self.shared_alignment))
-            self.decoder.append(block(sd, 2 * c, c, 1, norm, act))
-        self.head = fx.conv(sd, features[0], out_channels, 1)
-        self.ds_heads = nn.ModuleList(
-            [fx.conv(sd, features[i], out_channels, 1) for i in range(1, min(n - 1, 3))]
-        ) if deep_supervision else nn.ModuleList()
+        # One LFAM per decoder level, coarsest first (the order of ``self.decoder``).
+        self.lfam = nn.ModuleList([LFAM(spatial_dims, features[i - 1], offset_groups, offset_channels,
+                                        shared=self.shared_alignment) for i in range(len(features) - 1, 0, -1)])
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-        x = skips.pop()
-        decoded = []
-        for up, lfam, dec in zip(self.up, self.lfam, self.decoder):
-            skip = skips.pop()
-            u = match_size(up(x), skip)
-            x = dec(torch.cat([lfam(skip, u, self.shared_alignment), u], dim=1))
-            decoded.append(x)
-        ds = []
-        if self.deep_supervision:
-            for head, feat in zip(self.ds_heads, reversed(decoded[:-1])):
-                ds.append(head(feat))
-        return SegOutput(logits=self.head(x), deep_supervision=ds)
+    def fuse(self, level: int, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The skip aligned to the up-sampled feature by this level's LFAM, then concatenated."""
+        return torch.cat([self.lfam[level](skip, up, self.shared_alignment), up], dim=1)

@@ -42,6 +42,34 @@ class DoubleConv(nn.Sequential):
         )
 
 
+class ResBlock(nn.Module):
+    """Residual block: conv-norm-act-conv-norm plus a (projected) shortcut, then act.
+
+    Shapes:
+        (B, in_ch, *S) -> (B, out_ch, *S / stride).
+    """
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride=1, norm="instance",
+                 act="leakyrelu", dropout: float = 0.0):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvUnit(spatial_dims, in_ch, out_ch, stride, norm, act),
+            fx.dropout(spatial_dims, dropout),
+            fx.conv(spatial_dims, out_ch, out_ch, 3, bias=norm == "none"),
+            fx.norm(spatial_dims, norm, out_ch),
+        )
+        needs_proj = in_ch != out_ch or any(s != 1 for s in (stride if isinstance(stride, (tuple, list))
+                                                             else (stride,)))
+        self.shortcut = nn.Sequential(
+            fx.conv(spatial_dims, in_ch, out_ch, 1, stride=stride, bias=norm == "none"),
+            fx.norm(spatial_dims, norm, out_ch),
+        ) if needs_proj else nn.Identity()
+        self.act = fx.act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
 def match_size(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Zero-pad or crop ``x`` at its far end so its spatial size equals ``ref``'s (odd inputs)."""
     diff = [r - s for s, r in zip(x.shape[2:], ref.shape[2:])]
@@ -67,6 +95,10 @@ class UNet(nn.Module):
         norm, act: layer names for :mod:`medseg_core.nets.factories`.
         deep_supervision: also return 1x1-conv logits of the coarser decoder levels.
         dropout: channel dropout inside the deepest block.
+        residual: residual blocks (:class:`ResBlock`) instead of plain double convolutions.
+
+    Subclasses change how a skip joins the decoder by overriding :meth:`fuse` (LFAM-UNet aligns
+    it first).
 
     Shapes:
         input (B, in_channels, *S) -> ``SegOutput.logits`` (B, out_channels, *S), any S.
@@ -75,23 +107,25 @@ class UNet(nn.Module):
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128, 256), strides: Sequence | None = None,
                  norm: str = "instance", act: str = "leakyrelu", deep_supervision: bool = False,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, residual: bool = False):
         super().__init__()
+        features = [int(f) for f in features]
         n = len(features)
         strides = list(strides) if strides is not None else [2] * (n - 1)
         if len(strides) != n - 1:
             raise ValueError(f"need {n - 1} strides for {n} levels, got {len(strides)}")
         self.spatial_dims = spatial_dims
         self.deep_supervision = deep_supervision
-        self.encoder = nn.ModuleList([DoubleConv(spatial_dims, in_channels, features[0], 1, norm, act)])
+        block = ResBlock if residual else DoubleConv
+        self.encoder = nn.ModuleList([block(spatial_dims, in_channels, features[0], 1, norm, act)])
         for i in range(1, n):
-            self.encoder.append(DoubleConv(spatial_dims, features[i - 1], features[i], strides[i - 1], norm, act,
-                                           dropout if i == n - 1 else 0.0))
+            self.encoder.append(block(spatial_dims, features[i - 1], features[i], strides[i - 1], norm, act,
+                                      dropout if i == n - 1 else 0.0))
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in range(n - 1, 0, -1):
             self.up.append(fx.conv_transpose(spatial_dims, features[i], features[i - 1], strides[i - 1], strides[i - 1]))
-            self.decoder.append(DoubleConv(spatial_dims, 2 * features[i - 1], features[i - 1], 1, norm, act))
+            self.decoder.append(block(spatial_dims, 2 * features[i - 1], features[i - 1], 1, norm, act))
         self.head = fx.conv(spatial_dims, features[0], out_channels, 1)
         self.ds_heads = nn.ModuleList(
             [fx.conv(spatial_dims, features[i], out_channels, 1) for i in range(1, min(n - 1, 3))]
@@ -104,9 +138,9 @@ class UNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         decoded = []
-        for up, dec in zip(self.up, self.decoder):
+        for level, (up, dec) in enumerate(zip(self.up, self.decoder)):
             skip = skips.pop()
-            x = dec(torch.cat([skip, match_size(up(x), skip)], dim=1))
+            x = dec(self.fuse(level, skip, match_size(up(x), skip)))
             decoded.append(x)
         ds = []
         if self.deep_supervision:
@@ -114,3 +148,7 @@ class UNet(nn.Module):
             for head, feat in zip(self.ds_heads, reversed(decoded[:-1])):
                 ds.append(head(feat))
         return SegOutput(logits=self.head(x), deep_supervision=ds)
+
+    def fuse(self, level: int, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """Joins decoder level ``level`` (0 = coarsest) with its skip: ``cat[skip, up]``."""
+        return torch.cat([skip, up], dim=1)
