@@ -182,3 +182,46 @@ def test_segment_under_torchrun_takes_this_ranks_share(tmp_path, capsys, phantom
     code, _ = _run(capsys, "segment", *inputs, "--model", "phantom-unet", "--output", tmp_path / "o", "--device", "cpu")
     assert code == 0
     assert [n for n in _outputs(tmp_path / "o") if n.endswith("labels.nii.gz")] == ["c1_labels.nii.gz"]
+
+
+@pytest.mark.parametrize("kind", ["config_not_json", "config_missing", "config_unknown_key", "dataset_json_missing",
+                                  "split_not_json", "split_not_a_split"])
+def test_bad_training_inputs_exit_2_with_one_line_naming_the_file(tmp_path, capsys, kind):
+    from medseg_core.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", 3, shape=(16, 24, 24))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"network": {"name": "unet", "kwargs": {"spatial_dims": 2, "features": [4, 8]}},
+                                  "patch_size": [16, 16], "steps": 1}))
+    split = data / "splits.json"
+    bad = {"config_not_json": config, "config_missing": config, "config_unknown_key": config,
+           "dataset_json_missing": data / "dataset.json", "split_not_json": split, "split_not_a_split": split}[kind]
+    if kind == "config_missing" or kind == "dataset_json_missing":
+        bad.unlink()
+    elif kind == "config_unknown_key":
+        bad.write_text(json.dumps({"netwrok": {}}))
+    elif kind == "split_not_a_split":
+        bad.write_text(json.dumps({"training": ["phantom_000"]}))
+    else:
+        bad.write_text("{not json")
+    run = tmp_path / "run"
+    code, err = _run(capsys, "train", "--data", data, "--config", config, "--run", run, "--device", "cpu",
+                     "--progress", "none")
+    assert code == 2
+    assert len(err) == 1 and str(bad) in err[0]
+    assert not (run / "best").exists() and not (run / "last").exists()
+
+
+def test_train_time_budget_zero_trains_for_the_steps(tmp_path, capsys):
+    from medseg_core.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", 3, shape=(16, 24, 24))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"network": {"name": "unet", "kwargs": {"spatial_dims": 2, "features": [4, 8]}},
+                                  "patch_size": [16, 16], "batch_size": 2, "steps": 100, "val_every": 100,
+                                  "time_budget_s": 1e-6, "deep_supervision": False}))
+    common = ["--data", data, "--config", config, "--device", "cpu", "--progress", "none", "--cache", tmp_path / "c"]
+    assert main(list(map(str, ["train", "--run", tmp_path / "r1", "--steps", "4"] + common))) == 0
+    assert "after 1 steps" in capsys.readouterr().out  # the config's tiny budget stops after one step
+    assert main(list(map(str, ["train", "--run", tmp_path / "r2", "--steps", "4", "--time-budget", "0"] + common))) == 0
+    assert "after 4 steps" in capsys.readouterr().out

@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from RUN/last")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
     t.add_argument("--steps", type=int, help="override the config's number of steps")
-    t.add_argument("--time-budget", type=float, help="override the config's time budget (seconds)")
+    t.add_argument("--time-budget", type=float,
+                   help="override the config's time budget (seconds; 0: none, train for the steps)")
     t.add_argument("--preprocess-only", action="store_true", help="build the cache and stop")
     t.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
@@ -160,8 +161,8 @@ def cmd_train(a) -> int:
     cfg = TrainConfig.read(a.config)
     if a.steps:
         cfg.steps = a.steps
-    if a.time_budget:
-        cfg.time_budget_s = a.time_budget
+    if a.time_budget is not None:
+        cfg.time_budget_s = a.time_budget or None
     os.environ.setdefault("MEDSEG_COMMAND", " ".join(["medseg"] + sys.argv[1:]))
     if a.preprocess_only:
         from .training.data import prepare_cache

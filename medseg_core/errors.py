@@ -3,6 +3,9 @@
 Every error carries one line for the user that names the file and the problem.
 """
 
+import json
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_INPUT = 2
 EXIT_MODEL = 3
@@ -25,3 +28,23 @@ class ModelError(MedSegError):
     """A model that cannot be found, read, verified or built."""
 
     exit_code = EXIT_MODEL
+
+
+def read_json(path: str | Path, what: str, error: type[MedSegError] = InputError):
+    """The parsed content of a JSON file, or ``error`` with one line naming the file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message ("config file", "model card", ...).
+        error: the error class raised for a missing or malformed file.
+
+    Raises:
+        error: "<path>: <what> not found" or "<path>: <what> is not valid JSON (<why>, line N)".
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: {what} is not valid JSON ({exc.msg}, line {exc.lineno})") from None

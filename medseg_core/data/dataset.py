@@ -7,11 +7,10 @@ file per channel XXXX), ``labelsTr/CASE.ext``, and an optional split file: ``spl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, read_json
 
 
 @dataclass
@@ -27,12 +26,7 @@ class RawDataset:
     def open(cls, root: str | Path, label_dir: str = "labelsTr", labels_key: str = "labels") -> "RawDataset":
         root = Path(root)
         meta_path = root / "dataset.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{meta_path}: not found; a dataset needs nnU-Net's dataset.json") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{meta_path}: invalid JSON ({exc.msg})") from None
+        meta = read_json(meta_path, "nnU-Net's dataset.json")
         try:
             channels = [meta["channel_names"][k] for k in sorted(meta["channel_names"], key=int)]
             labels = {str(k): int(v) for k, v in meta[labels_key].items()}
@@ -64,10 +58,14 @@ class RawDataset:
         candidates = [Path(split_file)] if split_file else [self.root / "splits.json", self.root / "splits_final.json"]
         for path in candidates:
             if path.is_file():
-                data = json.loads(path.read_text())
-                if isinstance(data, list):
-                    data = data[fold]
-                train, val = list(data["train"]), list(data.get("validation", data.get("val", [])))
+                data = read_json(path, "split file")
+                try:
+                    if isinstance(data, list):
+                        data = data[fold]
+                    train, val = list(data["train"]), list(data.get("validation", data.get("val", [])))
+                except (IndexError, KeyError, TypeError, AttributeError) as exc:
+                    raise InputError(f"{path}: not a split (needs 'train' and 'validation' lists, "
+                                     f"or a list of them for fold {fold}; {type(exc).__name__}: {exc})") from None
                 missing = sorted(set(train + val) - set(self.cases))
                 if missing:
                     raise InputError(f"{path}: cases not in the dataset: {', '.join(missing[:5])}")

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ModelError, read_json
 from ..labels import Label
 
 CARD_FORMAT = 1
@@ -66,9 +66,4 @@ class ModelCard:
     @classmethod
     def read(cls, path: str | Path) -> "ModelCard":
         path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()), str(path))
-        except FileNotFoundError:
-            raise ModelError(f"{path}: model card not found") from None
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}: model card is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        return cls.from_dict(read_json(path, "model card", ModelError), str(path))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, read_json
 
 
 @dataclass
@@ -43,12 +42,7 @@ class TrainConfig:
     @classmethod
     def read(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        data = read_json(path, "config file")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"{path}: unknown config keys: {', '.join(sorted(unknown))}")
