@@ -110,6 +110,20 @@ def test_label_noise_range():
         make_phantom(label_noise=1.5)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_gland_scale_shrinks_only_the_glands(seed):
+    image_a, label_a = _arrays(make_phantom(seed=seed, shape=(48, 96, 96), noise_sd=0))
+    image_b, label_b = _arrays(make_phantom(seed=seed, shape=(48, 96, 96), noise_sd=0, gland_scale=0.6))
+    for value in (4, 5):
+        ratio = np.count_nonzero(label_b == value) / np.count_nonzero(label_a == value)
+        assert 0.6 ** 3 * 0.7 < ratio < 0.6 ** 3 * 1.3  # volume scales with the cube of the radius
+        assert np.all((label_a == value)[label_b == value])  # the small gland lies inside the large one
+    glands = _dilate((label_a == 4) | (label_a == 5), 3)  # the blur reaches a few voxels further
+    assert np.array_equal(label_a[~glands], label_b[~glands]) and np.allclose(image_a[~glands], image_b[~glands], atol=2)
+    with pytest.raises(ValueError):
+        make_phantom(gland_scale=0)
+
+
 def test_write_dataset(tmp_path):
     folder = write_phantom_dataset(tmp_path / "Dataset001_Phantom", 5, seed=3, shape=(24, 32, 32))
     ds = json.loads((folder / "dataset.json").read_text())

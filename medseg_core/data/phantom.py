@@ -127,7 +127,8 @@ def _perturb_tumour(label: np.ndarray, centre_idx, amount: float, rng: np.random
 
 def make_phantom(shape: tuple[int, int, int] = (48, 64, 64), spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
                  seed: int = 0, direction=None, origin: tuple[float, float, float] = (-40.0, 30.0, 12.5),
-                 label_noise: float = 0.0, noise_sd: float = 20.0, blur_sigma_mm: float = 1.0) -> Phantom:
+                 label_noise: float = 0.0, noise_sd: float = 20.0, blur_sigma_mm: float = 1.0,
+                 gland_scale: float = 1.0) -> Phantom:
     """Makes one synthetic CT-like case.
 
     Args:
@@ -141,6 +142,8 @@ def make_phantom(shape: tuple[int, int, int] = (48, 64, 64), spacing: tuple[floa
             is the same for any ``label_noise``.
         noise_sd: standard deviation of the additive Gaussian noise, HU.
         blur_sigma_mm: Gaussian blur of the intensities before the noise (0: none), mm.
+        gland_scale: scales the glands' radii (0.6 makes them about a fifth of their volume: a
+            harder small-organ task). The other structures are the same for any value.
 
     Returns:
         A ``Phantom`` whose image (int16 HU) and label (uint8) share spacing, origin, direction.
@@ -153,6 +156,8 @@ def make_phantom(shape: tuple[int, int, int] = (48, 64, 64), spacing: tuple[floa
         raise ValueError(f"shape must be 3 sizes >= 8 (z, y, x), got {shape}")
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    if not 0.0 < gland_scale <= 2.0:
+        raise ValueError(f"gland_scale must be in (0, 2], got {gland_scale}")
     direction = tuple(np.asarray(default_direction() if direction is None else direction, float).ravel().tolist())
     if len(direction) != 9:
         raise ValueError(f"direction must hold 3x3 values, got {len(direction)}")
@@ -208,7 +213,7 @@ def make_phantom(shape: tuple[int, int, int] = (48, 64, 64), spacing: tuple[floa
 
     # Glands: symmetric about the midline, inferior to the liver.
     gland_c = (0.33 * u(0.9, 1.1), post * 0.22 * u(0.9, 1.1), -0.65 * u(0.95, 1.03))
-    gland_r = np.array([0.105, 0.094, 0.104]) * u(0.9, 1.1)
+    gland_r = np.array([0.105, 0.094, 0.104]) * u(0.9, 1.1) * gland_scale
     gland_hu = u(85, 95)
     for value, side in ((_LEFT, left), (_RIGHT, -left)):
         r = gland_r * u(0.95, 1.05, size=3)
