@@ -193,8 +193,33 @@ def claim_focusnet(work: Path, steps: int, seed: int, hard: bool = False) -> dic
                                     small_organs=["LeftGland", "RightGland"]), data, work),
     }
     g = {k: round((final(v, "LeftGland") + final(v, "RightGland")) / 2, 4) for k, v in runs.items()}
-    return {"runs": runs, "gland_dice": g, "holds": g["focusnet"] > g["snet_only"],
-            "summary": f"glands' Dice at the end: S-Net alone {g['snet_only']:.3f}, FocusNet {g['focusnet']:.3f}"}
+    # Ablation: the FocusNet run's own S-Net (stage 1 forward, the SOL/SOS path off), same weights.
+    own = snet_part_dice(work / f"focusnet-{seed}", work / f"cache-{data.name}", data)
+    g["focusnet_snet_part"] = round((own["LeftGland"] + own["RightGland"]) / 2, 4)
+    return {"runs": runs, "gland_dice": g, "focusnet_snet_part_per_class": own, "holds": g["focusnet"] > g["snet_only"],
+            "summary": f"glands' Dice at the end: S-Net alone {g['snet_only']:.3f}, FocusNet {g['focusnet']:.3f} "
+                       f"(its own S-Net without SOL/SOS {g['focusnet_snet_part']:.3f})"}
+
+
+def snet_part_dice(run_dir: Path, cache: Path, data: Path) -> dict:
+    """Validation Dice per class of a FocusNet run's last weights with only its S-Net running."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medseg_core.data.preprocess_config import PreprocessConfig
+    from medseg_core.models.package import load_package
+    from medseg_core.training.data import load_tensors
+    from medseg_core.training.trainer import validate
+
+    pkg = load_package(run_dir / "best")
+    net = pkg.build("cpu")
+    net.load_state_dict(load_file(str(run_dir / "last" / "weights.safetensors")))
+    net.set_stage(1)
+    val = json.loads((data / "splits.json").read_text())["validation"]
+    images, labels = load_tensors(cache, val, PreprocessConfig.from_dict(pkg.card.preprocessing), torch.device("cpu"))
+    names = [lab.name for lab in pkg.card.labels]
+    dice = validate(net, images, labels, len(names) + 1, pkg.card.patch_size, torch.device("cpu"), 2)
+    return {name: round(float(np.nanmean(dice[:, i])), 4) for i, name in enumerate(names)}
 
 
 def claim_lsnet(work: Path, steps: int, seed: int, hard: bool = False) -> dict:
