@@ -95,9 +95,13 @@ def steps_to(res: dict, level: float) -> int | None:
 HARD_PHANTOM = {"noise_sd": 45.0, "gland_scale": 0.75}
 
 
+def phantom_kwargs(hard: bool) -> dict:
+    """``make_phantom`` arguments of the claims' phantoms (easy or hard)."""
+    return {"shape": SHAPE, **(HARD_PHANTOM if hard else {})}
+
+
 def phantoms(folder: Path, hard: bool = False, seed: int = 5, **kw) -> Path:
-    n = 20 if hard else 10
-    return write_phantom_dataset(folder, n, seed=seed, shape=SHAPE, **(HARD_PHANTOM if hard else {}), **kw)
+    return write_phantom_dataset(folder, 20 if hard else 10, seed=seed, **phantom_kwargs(hard), **kw)
 
 
 def noisy_phantoms(folder: Path, noise: float, hard: bool = False, seed: int = 5) -> Path:
@@ -106,7 +110,7 @@ def noisy_phantoms(folder: Path, noise: float, hard: bool = False, seed: int = 5
     for case in json.loads((data / "splits.json").read_text())["validation"]:
         i = int(case.split("_")[1])
         case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        clean = make_phantom(seed=case_seed, shape=SHAPE, **(HARD_PHANTOM if hard else {})).label
+        clean = make_phantom(seed=case_seed, **phantom_kwargs(hard)).label
         sitk.WriteImage(clean, str(data / "labelsTr" / f"{case}.nii.gz"), useCompression=True)
     return data
 

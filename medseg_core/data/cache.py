@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, read_json
 
 FG_SAMPLES = 20000
 
@@ -36,7 +36,7 @@ def build_cache(dataset, cases: list[str], pre_cfg, cache_dir: str | Path, log=p
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     index_path = cache_dir / "cache.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index = read_json(index_path, "cache index") if index_path.is_file() else {}
     if index.get("preprocessing") != _key(pre_cfg.to_dict()):
         index = {"preprocessing": _key(pre_cfg.to_dict()), "cases": {}}
     prep = Preprocessor(pre_cfg)
@@ -86,7 +86,7 @@ def read_index(cache_dir: str | Path) -> dict:
     path = Path(cache_dir) / "cache.json"
     if not path.is_file():
         raise InputError(f"{path}: no preprocessed cache there")
-    return json.loads(path.read_text())
+    return read_json(path, "cache index")
 
 
 def load_case(cache_dir: str | Path, case: str) -> dict[str, np.ndarray]:

@@ -41,8 +41,7 @@ class DiceBase(nn.Module):
         self.smooth_nr = smooth_nr
         self.smooth_dr = smooth_dr
         self.reduction = check_reduction(reduction)
-        if batch is not None:
-            self.batch = batch
+        self.batch = batch
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import DiceBase, as_float, one_hot_like, reduce, spatial_sums
+from ._utils import DiceBase, as_float, log_pt, one_hot_like, reduce, spatial_sums
 
 
 def soft_dice_terms(probs: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None,
@@ -88,15 +88,7 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, annotated
 
     With every class annotated this equals ``F.cross_entropy(logits, target)``.
     """
-    logp = torch.log_softmax(logits.float(), 1)
-    if annotated is None or bool(annotated.all()):
-        return F.nll_loss(logp, target.long())
-    merge = ~annotated.clone()
-    merge[:, 0] = True  # background plus the classes nobody contoured
-    shape = merge.shape + (1,) * (logits.ndim - 2)
-    bg = torch.logsumexp(logp.masked_fill(~merge.view(shape), float("-inf")), dim=1)
-    picked = logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
-    return -torch.where(target == 0, bg, picked).mean()
+    return -log_pt(logits, target, annotated).mean()
 
 
 class DiceCELoss(nn.Module):

@@ -137,7 +137,7 @@ class LFAMUNet(UNet):
                  offset_channels: int = 8, share_alignment: bool = False, align_channels: int | None = None):
         super().__init__(spatial_dims, in_channels, out_channels, features, strides, norm, act, deep_supervision,
                          dropout, residual)
-        features = [int(f) for f in features]
+        features = self.features
         if share_alignment:
             width = int(align_channels or features[0])
             self.shared_alignment = SharedAlignment(spatial_dims, width, offset_groups, min(width, offset_channels))

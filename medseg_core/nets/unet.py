@@ -115,6 +115,7 @@ class UNet(nn.Module):
         if len(strides) != n - 1:
             raise ValueError(f"need {n - 1} strides for {n} levels, got {len(strides)}")
         self.spatial_dims = spatial_dims
+        self.features = features
         self.deep_supervision = deep_supervision
         block = ResBlock if residual else DoubleConv
         self.encoder = nn.ModuleList([block(spatial_dims, in_channels, features[0], 1, norm, act)])
