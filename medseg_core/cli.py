@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the config's number of steps")
     t.add_argument("--time-budget", type=float,
                    help="override the config's time budget (seconds; 0: none, train for the steps)")
+    t.add_argument("--seed", type=int, help="override the config's random seed (weights, sampling, augmentation)")
     t.add_argument("--preprocess-only", action="store_true", help="build the cache and stop")
     t.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
@@ -163,6 +164,8 @@ def cmd_train(a) -> int:
         cfg.steps = a.steps
     if a.time_budget is not None:
         cfg.time_budget_s = a.time_budget or None
+    if a.seed is not None:
+        cfg.seed = a.seed
     os.environ.setdefault("MEDSEG_COMMAND", " ".join(["medseg"] + sys.argv[1:]))
     if a.preprocess_only:
         from .training.data import prepare_cache
