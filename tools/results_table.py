@@ -8,10 +8,14 @@ the organ was missed; the last rows are the mean Dice and the mean of the organs
 import json
 import math
 import sys
+from pathlib import Path
 
 
 def main(args: list[str]) -> None:
-    columns = [(a.split("=", 1)[0], json.load(open(a.split("=", 1)[1]))["summary"]) for a in args]
+    columns = []
+    for arg in args:
+        title, path = arg.split("=", 1)
+        columns.append((title, json.loads(Path(path).read_text())["summary"]))
     labels = columns[0][1]["per_label"]
     print("| organ (cases) | " + " | ".join(t for t, _ in columns) + " |")
     print("| --- |" + " --- |" * len(columns))
