@@ -15,6 +15,9 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# Slicer's terminology files for the slicer-core tests: trame-slicer's wheel carries them (its
+	# own dependencies, a web framework, are not needed: nothing imports it)
+	$(BIN)/python -m pip install -q --no-deps "trame-slicer==2.0.0"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -223,10 +223,10 @@ def expected_color(label: Label) -> list[float]:
     return list(label.color) if label.color != (0.5, 0.5, 0.5) else list(default_color(label.name, label.value))
 
 
-def expected_terminology(label: Label) -> dict | None:
-    terminology = label.terminology or terminology_for(label.name)
-    if terminology is None:
-        return None
+def expected_terminology(label: Label) -> dict:
+    terminology = label.terminology or terminology_for(label.name) or {
+        "contextName": "Segmentation category and type - SlicerMedSeg",
+        "category": ["99MEDSEG", "100", "Model review"], "type": ["99MEDSEG", "103", "Model label"]}
     return {"contextName": "Segmentation category and type - DICOM master list",
             "anatomicContextName": "Anatomic codes - DICOM master list", **terminology}
 
@@ -246,6 +246,7 @@ def test_segmentation_read_back_by_slicerio_and_pynrrd(tmp_path, labelmap):
         np.testing.assert_allclose(segment["color"], expected_color(label), atol=1e-6)
         assert segment.get("terminology") == expected_terminology(label)
     np.testing.assert_allclose(segments[-1]["color"], [1.0, 1.0, 0.0])
+    assert segments[-1]["terminology"]["type"] == ["99MEDSEG", "101", "Low confidence"]
     np.testing.assert_allclose(seg["ijkToLPS"], ijk_to_lps(image), atol=1e-12)
     voxels = seg["voxels"]
     assert voxels.shape == (2, 7, 6, 5)  # layers, then I, J, K
@@ -402,7 +403,12 @@ def test_terminology_codes():
     assert terminology_for("LeftParotid")["typeModifier"] == ["SCT", "7771000", "Left"]
     assert terminology_for("Spinal cord")["type"] == ["SCT", "2748008", "Spinal cord"]
     assert terminology_for("SpinalCord")["contextName"].endswith("3D Slicer General Anatomy list")
-    assert terminology_for("Brainstem")["type"][1] == "15926001"
+    assert terminology_for("Brainstem")["type"] == ["SCT", "119238007", "Brain stem"]  # as in Slicer's DICOM list
+    assert terminology_for("LeftGland")["type"][2] == "Salivary gland"
+    assert terminology_for("LeftGland")["typeModifier"][2] == "Left"
+    assert terminology_for("PTV70")["type"] == ["SCT", "228793007", "PTV"]
+    assert terminology_for("PTV")["contextName"] == "Segmentation category and type - SlicerMedSeg"
+    assert terminology_for("PTVx") is None
     tumour = terminology_for("Tumour")
     assert tumour["category"] == ["SCT", "49755003", "Morphologically Altered Structure"]
     assert tumour["type"] == ["SCT", "4147007", "Mass"]

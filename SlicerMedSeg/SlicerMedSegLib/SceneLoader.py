@@ -33,6 +33,7 @@ ROLE_INPUT = "MedSegInputVolume"
 ROLE_CONFIDENCE = "MedSegConfidence"
 ROLE_REGIONS = "MedSegRegionsSegmentation"
 ROLE_ROI = "MedSegRegionROI"
+VOLUME_SINGLE_FILE = 4  # vtkSlicerVolumesLogic loading option: read this file only
 ATTR_MODEL = "MedSeg.Model"
 ATTR_MODEL_VERSION = "MedSeg.ModelVersion"
 
@@ -65,16 +66,26 @@ def segmentNames(segmentationNode):
 
 def writeCorrection(segmentationNode, referenceVolume, labelNames, path):
     """Write the segments of ``segmentationNode`` that name one of ``labelNames`` (the model's) to a
-    ``.seg.nrrd``; the others ("Low confidence", region boxes, the user's own) are left out, as the
-    engine refuses names it does not know. Returns the names written."""
+    ``.seg.nrrd`` on ``referenceVolume``'s grid; the others ("Low confidence", region boxes, the
+    user's own) are left out, as the engine refuses names it does not know. Returns the names written.
+
+    The copy that is written lives in the same frame as the segmentation (under its parent
+    transform), so its labelmaps are written as they are, never resampled: under a rotated
+    transform a resampling would change label voxels before the engine sees them. A segmentation
+    and volume under different transforms are refused (harden one first)."""
     from .Commands import matching_segment_names
 
     names = matching_segment_names(segmentNames(segmentationNode), labelNames)
     if not names:
         raise ValueError(f"{segmentationNode.GetName()} has no segment named like the model's labels "
                          f"({', '.join(labelNames)})")
+    if segmentationNode.GetTransformNodeID() != referenceVolume.GetTransformNodeID():
+        raise ValueError(f"{segmentationNode.GetName()} and {referenceVolume.GetName()} are under different "
+                         "transforms; put them under the same one (or harden both) to fine-tune")
     exportNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSeg correction export")
     try:
+        if segmentationNode.GetTransformNodeID():
+            exportNode.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
         # a deep copy, then removal of the other segments: correct with shared labelmap layers too
         exported = exportNode.GetSegmentation()
         exported.DeepCopy(segmentationNode.GetSegmentation())
@@ -95,6 +106,24 @@ def writeCorrection(segmentationNode, referenceVolume, labelNames, path):
 
 
 # ---- loading the child's outputs ---------------------------------------------------------------------
+TERMINOLOGY_CONTEXT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources",
+                                        "Terminology", "SegmentationCategoryTypeModifier-SlicerMedSeg.term.json")
+
+
+def loadTerminologyContext():
+    """Load the project's terminology context (the "Low confidence" and region codes, RT targets)
+    into Slicer's terminology logic, once, so Slicer can show and browse every segment's code."""
+    logic = slicer.modules.terminologies.logic()
+    with open(TERMINOLOGY_CONTEXT_FILE, encoding="utf-8") as f:
+        name = json.load(f)["SegmentationCategoryTypeContextName"]
+    names = vtk.vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    if name not in [names.GetValue(i) for i in range(names.GetNumberOfValues())]:
+        if not logic.LoadContextFromFile(TERMINOLOGY_CONTEXT_FILE):
+            raise RuntimeError(f"Slicer could not read {TERMINOLOGY_CONTEXT_FILE}")
+    return name
+
+
 def _studyItem(volumeNode):
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
     return shNode, shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
@@ -135,13 +164,15 @@ def confidenceColorNode():
 
 
 def loadSegmentation(path, name, inputVolume):
-    node = slicer.util.loadSegmentation(path, {"name": name})
+    """Read a ``.seg.nrrd`` of ``inputVolume``'s grid: the node goes under the volume's parent
+    transform first, then takes the volume as reference geometry (both in the same local frame)."""
+    node = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(path), False, name)
     if node is None:
         raise RuntimeError(f"Slicer could not read {path}")
     node.SetName(name)
-    node.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
     node.CreateDefaultDisplayNodes()
     _placeLike(node, inputVolume)
+    node.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
     _forgetTemporaryFile(node)
     return node
 
@@ -159,7 +190,7 @@ def styleLowConfidence(segmentationNode):
 
 
 def loadConfidence(path, name, inputVolume, show=True):
-    node = slicer.util.loadVolume(path, {"name": name, "show": False, "singleFile": True})
+    node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), name, VOLUME_SINGLE_FILE)
     if node is None:
         raise RuntimeError(f"Slicer could not read {path}")
     node.SetName(name)

@@ -11,13 +11,20 @@ Sources of the codes:
   and "Morphologically Altered Structure" (SCT 49755003); types Spinal cord, Esophagus, Larynx,
   Mandible, Liver, Spleen, Kidney, Lung, Heart, Bladder, Prostate, Mass; laterality modifiers
   Right (SCT 24028007) and Left (SCT 7771000); the recommended display colours of these types.
-* Brainstem (SCT 15926001) and Parotid gland (SCT 45289007) are not in that Slicer list; their
-  SNOMED-CT codes come from the HL7 mCODE radiotherapy value set (TG-263 structure mapping).
+* Brain stem (SCT 119238007), Parotid gland (SCT 45289007) and Salivary gland (SCT 385294005,
+  the phantom's "glands") are not in that list but in Slicer's other bundled list,
+  ``SegmentationCategoryTypeModifier-DICOM-Master.term.json``, with their Right/Left modifiers.
   Their colours are our choice (Slicer's midbrain and salivary gland colours).
 * Radiotherapy targets GTV (SCT 228791009), CTV (SCT 228792002) and PTV (SCT 228793007) come from
   DICOM CID 9534 "Radiotherapy Target", with category "RT Target" (DCM 130041) from DICOM
-  CID 9580 "RT Segmentation Property Category". Slicer's bundled lists do not hold them, so
-  Slicer shows these codes but cannot browse to them. Their colours are our choice.
+  CID 9580 "RT Segmentation Property Category". Slicer's bundled lists do not hold them, so they
+  are listed in the project's own context (below); names with a dose level ("PTV70") take them too.
+* What no standard codes, the project codes in its own context, "Segmentation category and type -
+  SlicerMedSeg" (coding scheme ``99MEDSEG``, a private designator as DICOM PS3.16 8.2 allows):
+  category "Model review" with "Low confidence", "Small-organ region" and "Model label" (a label
+  whose name no list knows). The Slicer module ships this context as
+  ``Resources/Terminology/SegmentationCategoryTypeModifier-SlicerMedSeg.term.json`` and loads it,
+  so Slicer resolves every segment the engine writes.
 """
 
 from __future__ import annotations
@@ -28,10 +35,15 @@ from dataclasses import dataclass
 SLICER_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+MEDSEG_CONTEXT = "Segmentation category and type - SlicerMedSeg"
 
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
 RT_TARGET = ("DCM", "130041", "RT Target")
+MODEL_REVIEW = ("99MEDSEG", "100", "Model review")
+LOW_CONFIDENCE = ("99MEDSEG", "101", "Low confidence")
+SMALL_ORGAN_REGION = ("99MEDSEG", "102", "Small-organ region")
+MODEL_LABEL = ("99MEDSEG", "103", "Model label")
 RIGHT = ("SCT", "24028007", "Right")
 LEFT = ("SCT", "7771000", "Left")
 
@@ -46,14 +58,16 @@ class _Entry:
     aliases: tuple[str, ...] = ()
 
 
-_S, _D = SLICER_ANATOMY_CONTEXT, DICOM_MASTER_CONTEXT
+_S, _D, _M = SLICER_ANATOMY_CONTEXT, DICOM_MASTER_CONTEXT, MEDSEG_CONTEXT
 _AS, _MAS = ANATOMICAL_STRUCTURE, MORPHOLOGICALLY_ALTERED_STRUCTURE
 
 _ENTRIES: dict[str, _Entry] = {
-    "Brainstem": _Entry(_D, _AS, ("SCT", "15926001", "Brainstem"), (145, 92, 109)),
+    "Brainstem": _Entry(_D, _AS, ("SCT", "119238007", "Brain stem"), (145, 92, 109), aliases=("Brain stem",)),
     "SpinalCord": _Entry(_S, _AS, ("SCT", "2748008", "Spinal cord"), (244, 214, 49)),
     "Parotid": _Entry(_D, _AS, ("SCT", "45289007", "Parotid gland"), (70, 163, 117), paired=True,
                       aliases=("Parotid gland", "Parotids")),
+    "SalivaryGland": _Entry(_D, _AS, ("SCT", "385294005", "Salivary gland"), (111, 184, 210), paired=True,
+                            aliases=("Gland", "Glands", "Salivary glands")),
     "Esophagus": _Entry(_S, _AS, ("SCT", "32849002", "Esophagus"), (211, 171, 143), aliases=("Oesophagus",)),
     "Larynx": _Entry(_S, _AS, ("SCT", "4596009", "Larynx"), (150, 208, 243)),
     "Mandible": _Entry(_S, _AS, ("SCT", "91609006", "Mandible"), (222, 198, 101), aliases=("Bone_Mandible",)),
@@ -65,9 +79,10 @@ _ENTRIES: dict[str, _Entry] = {
     "Bladder": _Entry(_S, _AS, ("SCT", "89837001", "Bladder"), (222, 154, 132), aliases=("Urinary bladder",)),
     "Prostate": _Entry(_S, _AS, ("SCT", "41216001", "Prostate"), (230, 158, 140), aliases=("Prostate gland",)),
     "Mass": _Entry(_S, _MAS, ("SCT", "4147007", "Mass"), (144, 238, 144), aliases=("Tumor", "Tumour")),
-    "GTV": _Entry(_D, RT_TARGET, ("SCT", "228791009", "GTV"), (255, 0, 0), aliases=("Gross tumor volume",)),
-    "CTV": _Entry(_D, RT_TARGET, ("SCT", "228792002", "CTV"), (255, 140, 0), aliases=("Clinical target volume",)),
-    "PTV": _Entry(_D, RT_TARGET, ("SCT", "228793007", "PTV"), (0, 170, 255), aliases=("Planning target volume",)),
+    "GTV": _Entry(_M, RT_TARGET, ("SCT", "228791009", "GTV"), (255, 0, 0), aliases=("Gross tumor volume",)),
+    "CTV": _Entry(_M, RT_TARGET, ("SCT", "228792002", "CTV"), (255, 140, 0), aliases=("Clinical target volume",)),
+    "PTV": _Entry(_M, RT_TARGET, ("SCT", "228793007", "PTV"), (0, 170, 255), aliases=("Planning target volume",)),
+    "Low confidence": _Entry(_M, MODEL_REVIEW, LOW_CONFIDENCE, (255, 217, 0)),
 }
 
 #: Fallback colours (RGB 0..255), from 3D Slicer's generic anatomy colours, picked by index.
@@ -103,8 +118,14 @@ def _build_index() -> dict[str, tuple[_Entry, tuple[str, str, str] | None]]:
 _INDEX = _build_index()
 
 
+_DOSE_LEVEL = re.compile(r"^(gtv|ctv|ptv)\d+$")  # "PTV70": a target at a dose level
+
+
 def _lookup(name: str) -> tuple[_Entry, tuple[str, str, str] | None] | None:
-    return _INDEX.get(normalize_name(name))
+    key = normalize_name(name)
+    if key not in _INDEX and _DOSE_LEVEL.match(key):
+        key = _DOSE_LEVEL.match(key).group(1)
+    return _INDEX.get(key)
 
 
 def terminology_for(name: str) -> dict | None:
@@ -130,6 +151,27 @@ def terminology_for(name: str) -> dict | None:
         terminology["typeModifier"] = list(side)
     terminology["anatomicContextName"] = ANATOMIC_CONTEXT
     return terminology
+
+
+def project_terminology(type_code: tuple[str, str, str] = MODEL_LABEL) -> dict:
+    """An entry of the project's own context (category "Model review"), for what no standard codes:
+    ``LOW_CONFIDENCE``, ``SMALL_ORGAN_REGION`` or ``MODEL_LABEL``.
+
+    >>> project_terminology(SMALL_ORGAN_REGION)["type"]
+    ['99MEDSEG', '102', 'Small-organ region']
+    """
+    return {"contextName": MEDSEG_CONTEXT, "category": list(MODEL_REVIEW), "type": list(type_code),
+            "anatomicContextName": ANATOMIC_CONTEXT}
+
+
+def segment_terminology(name: str, terminology: dict | None = None) -> dict:
+    """The entry a written segment carries: ``terminology`` if given, else the standard one for its
+    name, else the project's "Model label" (so Slicer never falls back to a generic "Tissue").
+
+    >>> segment_terminology("PTV70")["type"][2], segment_terminology("Chiasm-ish")["type"][2]
+    ('PTV', 'Model label')
+    """
+    return dict(terminology) if terminology else (terminology_for(name) or project_terminology(MODEL_LABEL))
 
 
 def default_color(name: str, index: int) -> tuple[float, float, float]:
