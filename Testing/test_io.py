@@ -15,7 +15,7 @@ from medseg_core.errors import InputError
 from medseg_core.io import (OutputSet, array_to_image, atomic_output, check_writable_dir, default_color,
                             is_constant, read_image, read_segmentation, terminology_for, write_float_volume,
                             write_image, write_labelmap, write_segmentation)
-from medseg_core.io.segmentation import ijk_to_lps
+from medseg_core.io.segmentation import ijk_to_lps, reference_geometry
 from medseg_core.labels import Label
 
 SPACING = (0.7, 1.3, 3.0)
@@ -247,6 +247,10 @@ def test_segmentation_read_back_by_slicerio_and_pynrrd(tmp_path, labelmap):
         assert segment.get("terminology") == expected_terminology(label)
     np.testing.assert_allclose(segments[-1]["color"], [1.0, 1.0, 0.0])
     assert segments[-1]["terminology"]["type"] == ["99MEDSEG", "101", "Low confidence"]
+    # Slicer's reference geometry of the labelmap's grid, closed by the "&" Slicer's parser needs
+    assert seg["conversionParameters"] == [{"name": "Reference image geometry", "value": reference_geometry(image),
+                                            "description": seg["conversionParameters"][0]["description"]}]
+    assert nrrd.read_header(str(path))["Segmentation_ConversionParameters"].endswith("&")
     np.testing.assert_allclose(seg["ijkToLPS"], ijk_to_lps(image), atol=1e-12)
     voxels = seg["voxels"]
     assert voxels.shape == (2, 7, 6, 5)  # layers, then I, J, K

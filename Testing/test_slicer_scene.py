@@ -10,7 +10,6 @@ libraries are never compared index by index.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -199,7 +198,7 @@ def cases(slicer_app, tmp_path_factory):
     return out
 
 
-def _models(slicer_app):
+def _models():
     import subprocess
 
     from SlicerMedSegLib.Models import parse_models_json
@@ -211,7 +210,7 @@ def _models(slicer_app):
 
 @pytest.fixture(scope="module")
 def phantom_model(slicer_app):
-    return _models(slicer_app)["phantom-unet"]
+    return _models()["phantom-unet"]
 
 
 def _load_case(case, transform, model, **options):
@@ -300,7 +299,6 @@ def test_results_load_with_names_colours_and_terminology_that_resolves_in_slicer
 
     from SlicerMedSegLib import SceneLoader
 
-    SceneLoader.loadTerminologyContext()
     _, _, loaded = _load_case(cases["oblique-left-handed"], None, phantom_model)
     seg = loaded.segmentationNode
     segmentation = seg.GetSegmentation()
@@ -617,3 +615,144 @@ def test_the_in_slicer_test_file_runs_here_as_far_as_it_needs_no_qt(mrml, monkey
     suite = unittest.TestSuite(module.SlicerMedSegModuleTest(name) for name in names)
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
     assert result.wasSuccessful() and result.testsRun == len(names) == 3, result.failures + result.errors
+
+
+# ---- a real head-and-neck CT (../shared/data/HNOAR), where the anatomy must land ----------------------------
+HNOAR = REPO.parent / "shared" / "data" / "HNOAR"
+
+
+@pytest.mark.skipif(not (HNOAR / "imagesTr" / "hn_201_0000.nii.gz").is_file(),
+                    reason="the HNOAR data set (../shared/data/HNOAR) is not here")
+def test_a_real_head_and_neck_ct_under_a_rotated_transform(mrml, tmp_path):
+    """hn_201 (every organ contoured; voxel axes anterior-posterior, right-left, superior-inferior)
+    segmented by the default model and loaded under a rotated transform: voxels in world RAS,
+    terminology that resolves for every organ, organs where the clinical contours are, and an
+    edit exported for fine-tuning unchanged."""
+    import subprocess
+
+    import slicer
+
+    from medseg_core.finetune import read_correction
+    from medseg_core.io import read_image
+    from medseg_core.models import find_model
+    from SlicerMedSegLib import Commands, SceneLoader
+
+    model = _models()["hn-oar-unet"]  # what the default "hn-oar" names
+    volume = _load_volume(HNOAR / "imagesTr" / "hn_201_0000.nii.gz", "hn_201")
+    study = _in_study(volume)
+    _under_transform(volume, TRANSFORMS["rotated"])
+    written = SceneLoader.writeVolume(volume, tmp_path / "input.nrrd")
+    env = Commands.child_environment("cpu", base=os.environ)
+    subprocess.run([sys.executable, "-m", "medseg_core", "segment", written, "--model", "hn-oar", "--output",
+                    str(tmp_path / "out"), "--device", "cpu", "--progress", "none"], check=True, env=env,
+                   capture_output=True)
+    stem = tmp_path / "out" / "input"
+    outputs = {"segmentation": f"{stem}.seg.nrrd", "labels": f"{stem}_labels.nii.gz",
+               "confidence": f"{stem}_confidence.nii.gz", "rois": f"{stem}_rois.json",
+               "rois_segmentation": f"{stem}_rois.seg.nrrd", "report": f"{stem}_report.json"}
+    loaded = SceneLoader.loadSegmentResults(outputs, volume, model.name, model.version, model.labelColors)
+    seg = loaded.segmentationNode
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
+
+    labels = sitk.ReadImage(outputs["labels"])
+    values = sitk.GetArrayFromImage(labels)
+    truth_node = slicer.modules.volumes.logic().AddArchetypeVolume(str(HNOAR / "labelsTr" / "hn_201.nii.gz"),
+                                                                    "truth", 1)
+    truth = slicer.util.arrayFromVolume(truth_node).copy()
+    logic = slicer.modules.terminologies.logic()
+    segmentation = seg.GetSegmentation()
+    for label in model.labels:
+        name, value = label["name"], int(label["value"])
+        assert _same_points(_segment_world_points(seg, name),
+                            _sitk_world_points(labels, values == value, _to_world(volume))), name
+        meaning = _resolve_in_context(logic, segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+                                      .GetTerminology())
+        assert meaning[1] in ("Brain stem", "Spinal cord", "Parotid gland", "Esophagus", "Larynx", "Mandible"), meaning
+        mine = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName(name), volume) > 0
+        dice = 2 * (mine & (truth == value)).sum() / (mine.sum() + (truth == value).sum())
+        assert dice > 0.4, (name, dice)  # on the clinical contour, not mirrored or shifted
+    assert _resolve_in_context(logic, segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("LeftParotid"))
+                               .GetTerminology())[2] == "Left"
+
+    # an edit of the mandible, exported for fine-tuning, reaches the engine unchanged
+    mandibleId = segmentation.GetSegmentIdBySegmentName("Mandible")
+    mandible = slicer.util.arrayFromSegmentBinaryLabelmap(seg, mandibleId, volume)
+    ks = np.nonzero(mandible.any(axis=(1, 2)))[0]
+    mandible[ks[: len(ks) // 3]] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mandible, seg, mandibleId, volume)
+    SceneLoader.writeCorrection(seg, volume, model.labelNames, str(tmp_path / "correction.seg.nrrd"))
+    label, _ = read_correction(tmp_path / "correction.seg.nrrd", read_image(written), find_model("hn-oar").card)
+    mandible_value = next(int(lab["value"]) for lab in model.labels if lab["name"] == "Mandible")
+    assert _same_points(_sitk_world_points(label, sitk.GetArrayFromImage(label) == mandible_value, _to_world(volume)),
+                        _volume_world_points(volume, mandible > 0))
+
+
+def test_segment_inside_a_markups_roi_drawn_in_world_space_over_a_rotated_volume(mrml, cases):
+    """The ROI the user draws (world RAS) becomes the ``--roi`` box in the volume's own LPS frame:
+    the engine labels only voxels inside it, and labels there what a full run labels."""
+    import slicer
+
+    from SlicerMedSegLib.Parameters import SegmentationParameters
+    from SlicerMedSegLib.SegmentationLogic import SegmentationLogic
+
+    case = cases["identity"]
+    volume = _load_volume(case["source"], "phantom")
+    _under_transform(volume, TRANSFORMS["rotated"])
+    to_world = _to_world(volume)
+    full = sitk.ReadImage(case["outputs"]["labels"])
+    full_values = sitk.GetArrayFromImage(full)
+    liver_world = _sitk_world_points(full, full_values == 1, to_world)
+    # a world box around the lower half of the liver, axis-aligned in world (as the user draws it)
+    lo, hi = liver_world.min(axis=0), liver_world.max(axis=0)
+    centre = (lo + hi) / 2
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetCenter(*(centre - [0, 0, (hi[2] - lo[2]) / 4]))
+    roi.SetSize(*((hi - lo) * [1.0, 1.0, 0.3]))
+
+    box = SegmentationLogic.roiBoxLPS(roi, volume)
+    # the box is the bounding box, in the volume's own frame, of the ROI's eight corners
+    center, size = np.array(roi.GetCenter()), np.array(roi.GetSize())
+    corners = np.array([center + size / 2 * [sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    local_ras = _apply(np.linalg.inv(to_world), corners)
+    local_lps = local_ras * [-1, -1, 1]
+    np.testing.assert_allclose(box, list(local_lps.min(axis=0)) + list(local_lps.max(axis=0)), atol=1e-6)
+
+    logic = SegmentationLogic(str(REPO / "SlicerMedSeg"), installLogic=None, python=sys.executable)
+    outcome = logic.segment(volume, SegmentationParameters(model="phantom-unet", device="cpu"), roiNode=roi,
+                            wait=True)
+    assert outcome.ok, outcome.error
+    seg = outcome.segmentationNode
+    inside = _apply(np.linalg.inv(to_world), _segment_world_points(seg, "Liver")) * [-1, -1, 1]  # local LPS
+    assert len(inside) > 100
+    margin = max(volume.GetSpacing())
+    assert (inside >= np.array(box[:3]) - margin).all() and (inside <= np.array(box[3:]) + margin).all()
+    # the box cut the liver: a full run labels liver outside it
+    full_local = _apply(np.linalg.inv(to_world), liver_world) * [-1, -1, 1]
+    outside = (full_local < np.array(box[:3]) - margin).any(axis=1) | (full_local > np.array(box[3:]) + margin).any(axis=1)
+    assert outside.sum() > 100
+
+
+def test_the_regions_and_the_overlay_follow_the_panels_show_options(mrml, cases, phantom_model):
+    import slicer
+
+    from SlicerMedSegLib import SceneLoader
+
+    volume, _, loaded = _load_case(cases["identity"], None, phantom_model, showRegions=False, showConfidence=False)
+    seg = loaded.segmentationNode
+    assert loaded.roiNodes and not any(roi.GetDisplayVisibility() for roi in loaded.roiNodes)
+    assert not loaded.regionsSegmentationNode.GetDisplayVisibility()
+    assert not slicer.modules.colors.logic().GetColorLegendDisplayNode(loaded.confidenceNode).GetVisibility()
+    for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        assert slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").GetForegroundVolumeID() is None
+    SceneLoader.setRegionsVisible(seg, True)  # the "show small-organ regions" box ticked
+    assert all(roi.GetDisplayVisibility() for roi in loaded.roiNodes)
+    assert loaded.regionsSegmentationNode.GetDisplayVisibility()
+    assert seg.GetNodeReference(SceneLoader.ROLE_REGIONS) is loaded.regionsSegmentationNode
+    SceneLoader.setRegionsVisible(seg, False)
+    assert not any(roi.GetDisplayVisibility() for roi in loaded.roiNodes)
+    # the box segments carry the project's region code
+    boxes = loaded.regionsSegmentationNode.GetSegmentation()
+    entry = slicer.vtkSlicerTerminologyEntry()
+    slicer.modules.terminologies.logic().DeserializeTerminologyEntry(boxes.GetNthSegment(0).GetTerminology(), entry)
+    assert entry.GetTypeObject().GetCodeMeaning() == "Small-organ region"

@@ -265,6 +265,7 @@ def setRegionsVisible(segmentationNode, visible):
 def loadSegmentResults(outputs, inputVolume, modelName, modelVersion="", labelColors=None, showRegions=True,
                        showConfidence=True):
     """Load one case's ``segment`` outputs (the dict of the ``result`` event) into the scene."""
+    loadTerminologyContext()  # so Slicer resolves the project's codes ("Low confidence", regions, RT targets)
     baseName = f"{inputVolume.GetName()} {modelName}"
     result = LoadedResult()
     if outputs.get("report") and os.path.exists(outputs["report"]):

@@ -1,6 +1,9 @@
 """The module panel: input, model, options, Apply/Cancel with progress and log, fine-tuning.
 
-It holds the logic; the logic never holds it (it reports through callbacks).
+A binding only: it connects the widgets' signals and copies values between the widgets and the
+pure-Python decisions of ``Panel`` (enabled states, button texts, progress and time left, the model
+list, the modality warning, the fine-tune defaults, how a run ended), which the tests drive. It
+holds the logic; the logic never holds it (it reports through callbacks).
 """
 
 import time
@@ -9,9 +12,8 @@ import qt
 import slicer
 from slicer.util import VTKObservationMixin
 
-from . import Parameters
+from . import Panel, Parameters
 from .Parameters import DEVICES, FinetuneParameters, SegmentationParameters
-from .Protocol import FINETUNE_STAGES, SEGMENT_STAGES, ProgressTracker
 from .SceneLoader import ATTR_MODEL, ROLE_INPUT, reportSummary, setRegionsVisible
 from .SegmentationLogic import Outcome
 
@@ -37,7 +39,7 @@ class MedSegPanel(VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.setRange(0, Panel.PROGRESS_STEPS)
         self.ui.progressBar.setVisible(False)
         self.ui.modalityWarningLabel.setVisible(False)
 
@@ -71,17 +73,16 @@ class MedSegPanel(VTKObservationMixin):
 
     # ---- settings -----------------------------------------------------------------------------------
     def segmentationParameters(self):
-        return SegmentationParameters(
-            model=self.currentModelName(), device=DEVICES[max(0, self.ui.deviceComboBox.currentIndex)],
-            tta=self.ui.ttaCheckBox.checked, confidence=self.ui.confidenceCheckBox.checked,
-            confidence_threshold=self.ui.confidenceThresholdSpinBox.value, show_regions=self.ui.regionsCheckBox.checked)
+        return Panel.segmentationParameters(
+            self.currentModelName(), self.ui.deviceComboBox.currentIndex, self.ui.ttaCheckBox.checked,
+            self.ui.confidenceCheckBox.checked, self.ui.confidenceThresholdSpinBox.value,
+            self.ui.regionsCheckBox.checked)
 
     def finetuneParameters(self):
         segmentation = self.ui.correctionSelector.currentNode()
-        parent = segmentation.GetAttribute(ATTR_MODEL) if segmentation is not None else None
-        return FinetuneParameters(model=parent or self.currentModelName(), steps=self.ui.stepsSpinBox.value,
-                                  name=self.ui.modelNameLineEdit.text.strip(),
-                                  device=DEVICES[max(0, self.ui.deviceComboBox.currentIndex)])
+        return Panel.finetuneParameters(segmentation.GetAttribute(ATTR_MODEL) if segmentation is not None else None,
+                                        self.currentModelName(), self.ui.stepsSpinBox.value,
+                                        self.ui.modelNameLineEdit.text, self.ui.deviceComboBox.currentIndex)
 
     def saveSettings(self, *unused):
         if self._restoring or self.ui is None:
@@ -140,28 +141,24 @@ class MedSegPanel(VTKObservationMixin):
         combo.blockSignals(True)
         try:
             combo.clear()
-            for model in outcome.models:
-                combo.addItem(model.displayText(), model.name)
-                combo.setItemData(combo.count - 1, model.summary(), qt.Qt.ToolTipRole)
-            names = [m.name for m in outcome.models]
-            combo.setCurrentIndex(names.index(wanted) if wanted in names else (0 if names else -1))
+            entries = Panel.modelEntries(outcome.models)
+            for entry in entries:
+                combo.addItem(entry.text, entry.name)
+                combo.setItemData(combo.count - 1, entry.tooltip, qt.Qt.ToolTipRole)
+            combo.setCurrentIndex(Panel.modelIndex([e.name for e in entries], wanted))
         finally:
             combo.blockSignals(False)
         self.onModelChanged()
 
     def onModelChanged(self, *unused):
-        model = self.logic.modelInfo(self.currentModelName())
-        self.ui.modelInfoLabel.setText(model.summary() if model is not None else "No model.")
+        self.ui.modelInfoLabel.setText(Panel.modelInfoText(self.logic.modelInfo(self.currentModelName())))
         self.updateModalityWarning()
         self.saveSettings()
         self.updateButtons()
 
     def updateModalityWarning(self):
-        text = ""
-        try:
-            text = self.logic.modalityWarning(self.ui.inputVolumeSelector.currentNode(), self.currentModelName())
-        except Exception as exc:  # a volume without readable voxels: say so rather than fail
-            text = f"Could not check the intensities: {exc}"
+        text = Panel.modalityWarning(lambda: self.logic.modalityWarning(self.ui.inputVolumeSelector.currentNode(),
+                                                                        self.currentModelName()))
         self.ui.modalityWarningLabel.setText(text)
         self.ui.modalityWarningLabel.setVisible(bool(text))
 
@@ -189,19 +186,18 @@ class MedSegPanel(VTKObservationMixin):
         self.updateButtons()
 
     def updateButtons(self, *unused):
-        running = self.runningKind is not None
-        canSegment = self.ui.inputVolumeSelector.currentNode() is not None and \
-            (bool(self.currentModelName()) or self.ui.modelComboBox.count == 0)
-        canFinetune = self.ui.correctionSelector.currentNode() is not None and \
-            self.ui.finetuneVolumeSelector.currentNode() is not None
-        self.ui.applyButton.setText("Cancel" if self.runningKind == "segment" else "Apply")
-        self.ui.applyButton.setEnabled(self.runningKind == "segment" or (not running and canSegment))
-        self.ui.finetuneButton.setText("Cancel" if self.runningKind == "finetune" else "Fine-tune")
-        self.ui.finetuneButton.setEnabled(self.runningKind == "finetune" or (not running and canFinetune))
+        state = Panel.buttons(self.runningKind, self.ui.inputVolumeSelector.currentNode() is not None,
+                              self.currentModelName(), self.ui.modelComboBox.count,
+                              self.ui.correctionSelector.currentNode() is not None,
+                              self.ui.finetuneVolumeSelector.currentNode() is not None)
+        self.ui.applyButton.setText(state.applyText)
+        self.ui.applyButton.setEnabled(state.applyEnabled)
+        self.ui.finetuneButton.setText(state.finetuneText)
+        self.ui.finetuneButton.setEnabled(state.finetuneEnabled)
         for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.refreshModelsButton,
                        self.ui.optionsCollapsibleButton, self.ui.correctionSelector, self.ui.finetuneVolumeSelector,
                        self.ui.stepsSpinBox, self.ui.modelNameLineEdit):
-            widget.setEnabled(not running)
+            widget.setEnabled(state.inputsEnabled)
 
     # ---- running ------------------------------------------------------------------------------------
     def appendLog(self, text):
@@ -209,7 +205,7 @@ class MedSegPanel(VTKObservationMixin):
 
     def startRun(self, kind):
         self.runningKind = kind
-        self.tracker = ProgressTracker(SEGMENT_STAGES if kind == "segment" else FINETUNE_STAGES)
+        self.tracker = Panel.tracker(kind)
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.setText("Starting...")
@@ -223,13 +219,13 @@ class MedSegPanel(VTKObservationMixin):
 
     def onEvent(self, event):
         """Every event of the child: the bar and status line follow, the log keeps the messages."""
-        if event.kind in ("stage", "log", "result", "error"):
-            prefix = f"[{event.stage}] " if event.stage else ("stderr: " if event.source == "stderr" else "")
-            if event.message:
-                self.appendLog(prefix + event.message)
+        line = Panel.logLine(event)
+        if line:
+            self.appendLog(line)
         if self.tracker is not None and self.tracker.update(event):
-            self.ui.progressBar.setValue(int(1000 * self.tracker.overall))
-            self.ui.statusLabel.setText(self.tracker.status_text())
+            value, text = Panel.progress(self.tracker)
+            self.ui.progressBar.setValue(value)
+            self.ui.statusLabel.setText(text)
 
     def onApplyButton(self, *unused):
         if self.runningKind == "segment":
@@ -250,24 +246,19 @@ class MedSegPanel(VTKObservationMixin):
                 self.endRun("Not started.")
                 raise
 
+    def finish(self, ending, title):
+        for line in ending.log:
+            self.appendLog(line)
+        self.endRun(ending.status)
+        if ending.errorDialog:
+            slicer.util.errorDisplay(ending.errorDialog, windowTitle=title)
+
     def onSegmentFinished(self, outcome):
-        if outcome.cancelled:
-            self.endRun("Cancelled: nothing was added to the scene.")
-            self.appendLog("Cancelled.")
-            return
-        if not outcome.ok:
-            self.endRun(f"Failed: {outcome.error}")
-            slicer.util.errorDisplay(f"Segmentation failed:\n{outcome.error}", windowTitle="SlicerMedSeg")
-            return
-        self.lastResult = outcome.segmentationNode
-        summary = reportSummary(outcome.report)
-        if summary:
-            self.appendLog(summary)
-        self.ui.correctionSelector.setCurrentNode(outcome.segmentationNode)
-        self.ui.finetuneVolumeSelector.setCurrentNode(self.ui.inputVolumeSelector.currentNode())
-        hint = " Review the 'Low confidence' outline and the red overlay, correct in the Segment Editor, " \
-               "then fine-tune." if outcome.confidenceNode is not None else ""
-        self.endRun(f"Done in {outcome.seconds:.1f} s.{hint}")
+        if outcome.ok:
+            self.lastResult = outcome.segmentationNode
+            self.ui.correctionSelector.setCurrentNode(outcome.segmentationNode)
+            self.ui.finetuneVolumeSelector.setCurrentNode(self.ui.inputVolumeSelector.currentNode())
+        self.finish(Panel.segmentEnding(outcome, reportSummary(outcome.report) if outcome.ok else None), "SlicerMedSeg")
 
     def onFinetuneButton(self, *unused):
         if self.runningKind == "finetune":
@@ -286,17 +277,8 @@ class MedSegPanel(VTKObservationMixin):
                 raise
 
     def onFinetuneFinished(self, outcome):
-        if outcome.cancelled:
-            self.endRun("Fine-tuning cancelled: no model was written.")
-            return
-        if not outcome.ok:
-            self.endRun(f"Fine-tuning failed: {outcome.error}")
-            slicer.util.errorDisplay(f"Fine-tuning failed:\n{outcome.error}", windowTitle="SlicerMedSeg")
-            return
-        dice = ""
-        if outcome.diceBefore is not None and outcome.diceAfter is not None:
-            dice = f" Dice on your correction: {outcome.diceBefore:.3f} before, {outcome.diceAfter:.3f} after."
-        self.appendLog(f"New model {outcome.model} in {outcome.modelPath}.{dice}")
-        self.endRun(f"New model {outcome.model}.{dice} It is selected: press Apply to re-run.")
-        self.ui.modelNameLineEdit.setText("")
-        self.refreshModels(select=outcome.model, askConfirmation=False)
+        ending = Panel.finetuneEnding(outcome)
+        self.finish(ending, "SlicerMedSeg")
+        if ending.selectModel:
+            self.ui.modelNameLineEdit.setText("")
+            self.refreshModels(select=ending.selectModel, askConfirmation=False)

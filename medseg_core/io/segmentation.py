@@ -210,9 +210,11 @@ def write_segmentation(label_image: sitk.Image, labels: Sequence[Label], path: s
         "containedRepresentationNames": ["Binary labelmap"],
         "masterRepresentation": "Binary labelmap",
         "referenceImageExtentOffset": [0, 0, 0],
+        # Slicer reads a conversion parameter only when "&" follows it, and slicerio puts "&" only
+        # between parameters: the description carries the closing "&" (slicerio's reader drops it)
         "conversionParameters": [{"name": REFERENCE_GEOMETRY, "value": reference_geometry(label_image),
                                   "description": "Image geometry description string determining the geometry of the "
-                                                 "labelmap that is created in course of conversion."}],
+                                                 "labelmap that is created in course of conversion.&"}],
         "segments": segments,
     }
     path = Path(path)

@@ -1,0 +1,152 @@
+"""Every decision the panel makes, as pure functions the tests drive; ``Widget`` only connects the
+signals and copies these values into the widgets.
+
+Pure Python: imports neither slicer nor qt. Outcomes are read by attribute (``ok``, ``cancelled``,
+``error``, ``seconds``, ...), so the ``Outcome`` of ``SegmentationLogic`` or any stand-in will do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .Parameters import DEVICES, FinetuneParameters, SegmentationParameters
+from .Protocol import FINETUNE_STAGES, SEGMENT_STAGES, ProgressTracker
+
+PROGRESS_STEPS = 1000  # the progress bar's range
+SEGMENT, FINETUNE = "segment", "finetune"
+
+
+@dataclass(frozen=True)
+class Buttons:
+    """Texts and enabled states of the run buttons and of the inputs while a child runs."""
+
+    applyText: str
+    applyEnabled: bool
+    finetuneText: str
+    finetuneEnabled: bool
+    inputsEnabled: bool  # volume, model, refresh, options, correction, fine-tune fields
+
+
+def buttons(running: Optional[str], hasInput: bool, model: str, modelCount: int, hasCorrection: bool,
+            hasFinetuneVolume: bool) -> Buttons:
+    """Apply turns into Cancel while a segmentation runs, Fine-tune into Cancel while fine-tuning;
+    nothing else can start then. Apply needs a volume and a model (or an empty list: Apply reads
+    it first); Fine-tune needs the corrected segmentation and its volume.
+
+    >>> buttons(None, True, "hn-oar", 3, False, False)
+    Buttons(applyText='Apply', applyEnabled=True, finetuneText='Fine-tune', finetuneEnabled=False, inputsEnabled=True)
+    >>> buttons("segment", True, "hn-oar", 3, True, True).applyText, buttons("segment", True, "hn-oar", 3, True, True).finetuneEnabled
+    ('Cancel', False)
+    """
+    canSegment = hasInput and (bool(model) or modelCount == 0)
+    canFinetune = hasCorrection and hasFinetuneVolume
+    return Buttons(
+        applyText="Cancel" if running == SEGMENT else "Apply",
+        applyEnabled=running == SEGMENT or (running is None and canSegment),
+        finetuneText="Cancel" if running == FINETUNE else "Fine-tune",
+        finetuneEnabled=running == FINETUNE or (running is None and canFinetune),
+        inputsEnabled=running is None)
+
+
+# ---- progress ---------------------------------------------------------------------------------------
+def tracker(kind: str, clock=None) -> ProgressTracker:
+    stages = SEGMENT_STAGES if kind == SEGMENT else FINETUNE_STAGES
+    return ProgressTracker(stages) if clock is None else ProgressTracker(stages, clock=clock)
+
+
+def progress(progressTracker: ProgressTracker) -> tuple[int, str]:
+    """The bar's value (0..``PROGRESS_STEPS``) and the status line (stage and time left)."""
+    return int(PROGRESS_STEPS * progressTracker.overall), progressTracker.status_text()
+
+
+def logLine(event) -> Optional[str]:
+    """What the log shows of one event of the child (None: nothing)."""
+    if event.kind not in ("stage", "log", "result", "error") or not event.message:
+        return None
+    prefix = f"[{event.stage}] " if event.stage else ("stderr: " if event.source == "stderr" else "")
+    return prefix + event.message
+
+
+# ---- the model list ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelEntry:
+    text: str  # the list entry
+    name: str  # the item's data
+    tooltip: str
+
+
+def modelEntries(models: Sequence) -> list[ModelEntry]:
+    return [ModelEntry(m.displayText(), m.name, m.summary()) for m in models]
+
+
+def modelIndex(names: Sequence[str], wanted: Optional[str]) -> int:
+    """Which entry to select after a refresh: the wanted one (the restored setting, the model just
+    fine-tuned, or the current one), else the first, else none (-1)."""
+    if wanted in names:
+        return list(names).index(wanted)
+    return 0 if names else -1
+
+
+def modelInfoText(model) -> str:
+    return model.summary() if model is not None else "No model."
+
+
+def modalityWarning(check) -> str:
+    """The orange warning: ``check()`` gives the logic's text; a volume whose voxels cannot be read
+    gets a warning saying so rather than an error."""
+    try:
+        return check() or ""
+    except Exception as exc:
+        return f"Could not check the intensities: {exc}"
+
+
+# ---- parameters -----------------------------------------------------------------------------------------
+def segmentationParameters(model: str, deviceIndex: int, tta: bool, confidence: bool, threshold: float,
+                           showRegions: bool) -> SegmentationParameters:
+    return SegmentationParameters(model=model, device=DEVICES[max(0, deviceIndex)], tta=bool(tta),
+                                  confidence=bool(confidence), confidence_threshold=float(threshold),
+                                  show_regions=bool(showRegions))
+
+
+def finetuneParameters(resultModel: Optional[str], currentModel: str, steps: int, name: str,
+                       deviceIndex: int) -> FinetuneParameters:
+    """The model to fine-tune is the one that made the corrected result (its attribute), else the
+    selected one; the name is trimmed (empty: the engine's ``MODEL-ft-<date-time>``).
+
+    >>> finetuneParameters("phantom-unet", "hn-oar", 0, "  mine ", 2)
+    FinetuneParameters(model='phantom-unet', steps=0, name='mine', device='cpu', lr=None)
+    """
+    return FinetuneParameters(model=resultModel or currentModel, steps=int(steps), name=name.strip(),
+                              device=DEVICES[max(0, deviceIndex)])
+
+
+# ---- how a run ended -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ending:
+    status: str  # the status line
+    log: tuple = ()  # lines for the log
+    errorDialog: Optional[str] = None  # shown in a dialog when set
+    selectModel: Optional[str] = None  # refresh the list and select this model
+
+
+def segmentEnding(outcome, summary: Optional[str] = None) -> Ending:
+    if outcome.cancelled:
+        return Ending("Cancelled: nothing was added to the scene.", ("Cancelled.",))
+    if not outcome.ok:
+        return Ending(f"Failed: {outcome.error}", errorDialog=f"Segmentation failed:\n{outcome.error}")
+    hint = (" Review the 'Low confidence' outline and the red overlay, correct in the Segment Editor, then "
+            "fine-tune." if outcome.confidenceNode is not None else "")
+    return Ending(f"Done in {outcome.seconds:.1f} s.{hint}", (summary,) if summary else ())
+
+
+def finetuneEnding(outcome) -> Ending:
+    if outcome.cancelled:
+        return Ending("Fine-tuning cancelled: no model was written.")
+    if not outcome.ok:
+        return Ending(f"Fine-tuning failed: {outcome.error}", errorDialog=f"Fine-tuning failed:\n{outcome.error}")
+    dice = ""
+    if outcome.diceBefore is not None and outcome.diceAfter is not None:
+        dice = f" Dice on your correction: {outcome.diceBefore:.3f} before, {outcome.diceAfter:.3f} after."
+    return Ending(f"New model {outcome.model}.{dice} It is selected: press Apply to re-run.",
+                  (f"New model {outcome.model} in {outcome.modelPath}.{dice}",), selectModel=outcome.model)
