@@ -110,11 +110,7 @@ def _segment_world_points(segmentationNode, name: str) -> np.ndarray:
 
 def _volume_world_points(volumeNode, mask_kji: np.ndarray) -> np.ndarray:
     """World RAS of the voxels set in ``mask_kji`` (Slicer's array order of ``volumeNode``)."""
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    local = _apply(_vtk_to_np(matrix), np.argwhere(mask_kji)[:, ::-1].astype(float))
+    local = _apply(_ijk_to_ras(volumeNode), np.argwhere(mask_kji)[:, ::-1].astype(float))
     return _apply(_to_world(volumeNode), local)
 
 
@@ -124,6 +120,29 @@ def _same_points(a: np.ndarray, b: np.ndarray, tol: float = 1e-3) -> bool:
     if len(a) == 0:
         return True
     return cKDTree(b).query(a)[0].max() < tol and cKDTree(a).query(b)[0].max() < tol
+
+
+def _ijk_to_ras(volumeNode) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return _vtk_to_np(matrix)
+
+
+def _reference_geometry(segmentationNode) -> tuple[np.ndarray, list]:
+    """The segmentation's reference image geometry (image-to-local matrix, extent), as Slicer holds it."""
+    import slicer
+    import vtk
+
+    text = segmentationNode.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    assert text, f"{segmentationNode.GetName()} has no reference geometry"
+    grid = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, grid, False)
+    matrix = vtk.vtkMatrix4x4()
+    grid.GetImageToWorldMatrix(matrix)
+    return _vtk_to_np(matrix), list(grid.GetExtent())
 
 
 def _grid_corners(ijk_to_ras: np.ndarray, extent) -> np.ndarray:
@@ -231,7 +250,6 @@ def _load_case(case, transform, model, **options):
 def test_every_segment_voxel_lands_on_the_labelmaps_voxel_in_world_ras(mrml, cases, phantom_model, direction,
                                                                       transform):
     import slicer
-    import vtk
 
     case = cases[direction]
     volume, study, loaded = _load_case(case, TRANSFORMS[transform], phantom_model)
@@ -246,16 +264,9 @@ def test_every_segment_voxel_lands_on_the_labelmaps_voxel_in_world_ras(mrml, cas
 
     # the reference geometry is the input's grid, in the same frame (the segmentation shares its transform)
     assert seg.GetParentTransformNode() is volume.GetParentTransformNode()
-    geometry = seg.GetSegmentation().GetConversionParameter(
-            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
-    grid = slicer.vtkOrientedImageData()
-    slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, grid, False)
-    gridMatrix = vtk.vtkMatrix4x4()
-    grid.GetImageToWorldMatrix(gridMatrix)
-    volumeMatrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(volumeMatrix)
-    np.testing.assert_allclose(_vtk_to_np(gridMatrix), _vtk_to_np(volumeMatrix), atol=1e-6)
-    assert list(grid.GetExtent()) == list(volume.GetImageData().GetExtent())
+    matrix, extent = _reference_geometry(seg)
+    np.testing.assert_allclose(matrix, _ijk_to_ras(volume), atol=1e-6)
+    assert extent == list(volume.GetImageData().GetExtent())
 
     # the result sits in the input's study
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
@@ -581,25 +592,16 @@ def test_a_scene_saved_as_mrb_and_read_again_keeps_the_result_its_references_and
 def test_the_seg_nrrd_alone_puts_slicer_on_the_input_grid(mrml, cases):
     """Read without the module (Slicer's Add Data): the file's reference geometry is the input's grid."""
     import slicer
-    import vtk
 
     for name, case in cases.items():
         volume = _load_volume(case["source"], name)
         seg = slicer.modules.segmentations.logic().LoadSegmentationFromFile(case["outputs"]["segmentation"], False,
                                                                              name)
-        geometry = seg.GetSegmentation().GetConversionParameter(
-            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
-        assert geometry, name
-        grid = slicer.vtkOrientedImageData()
-        slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, grid, False)
-        matrix = vtk.vtkMatrix4x4()
-        grid.GetImageToWorldMatrix(matrix)
-        volumeMatrix = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(volumeMatrix)
+        matrix, extent = _reference_geometry(seg)
         # the same voxel centres (Slicer's reader may order a left-handed volume's k axis the other way)
-        assert _same_points(_grid_corners(_vtk_to_np(matrix), grid.GetExtent()),
-                            _grid_corners(_vtk_to_np(volumeMatrix), volume.GetImageData().GetExtent())), name
-        np.testing.assert_allclose(grid.GetSpacing(), volume.GetSpacing(), rtol=1e-9)
+        assert _same_points(_grid_corners(matrix, extent),
+                            _grid_corners(_ijk_to_ras(volume), volume.GetImageData().GetExtent())), name
+        np.testing.assert_allclose(np.linalg.norm(matrix[:3, :3], axis=0), volume.GetSpacing(), rtol=1e-9)
 
 
 def test_the_in_slicer_test_file_runs_here_as_far_as_it_needs_no_qt(mrml, monkeypatch):
@@ -756,3 +758,17 @@ def test_the_regions_and_the_overlay_follow_the_panels_show_options(mrml, cases,
     entry = slicer.vtkSlicerTerminologyEntry()
     slicer.modules.terminologies.logic().DeserializeTerminologyEntry(boxes.GetNthSegment(0).GetTerminology(), entry)
     assert entry.GetTypeObject().GetCodeMeaning() == "Small-organ region"
+
+
+def test_a_correction_under_another_transform_than_its_volume_is_refused(mrml, cases, phantom_model, tmp_path):
+    import slicer
+
+    from SlicerMedSegLib import SceneLoader
+
+    volume, _, loaded = _load_case(cases["identity"], TRANSFORMS["rotated"], phantom_model)
+    seg = loaded.segmentationNode
+    other = _under_transform(seg, TRANSFORMS["translated"])
+    with pytest.raises(ValueError, match="different transforms"):
+        SceneLoader.writeCorrection(seg, volume, phantom_model.labelNames, str(tmp_path / "c.seg.nrrd"))
+    assert not (tmp_path / "c.seg.nrrd").exists() and other is not None
+    assert not slicer.mrmlScene.GetFirstNodeByName("MedSeg correction export")
