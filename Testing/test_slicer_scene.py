@@ -390,6 +390,8 @@ def test_region_rois_enclose_their_organs_voxels(mrml, cases, phantom_model, dir
         assert len(organ) > 10 and len(points) >= len(organ)
         roi = nodes[0]  # regions are listed largest first
         assert roi.GetParentTransformNode() is volume.GetParentTransformNode()
+        np.testing.assert_allclose(roi.GetDisplayNode().GetSelectedColor(), phantom_model.labelColors[label][:3],
+                                   atol=1e-6)
         local = _apply(np.linalg.inv(_to_world(roi)), organ)  # into the ROI's own frame
         center = [0.0] * 3
         roi.GetCenter(center)
@@ -772,3 +774,21 @@ def test_a_correction_under_another_transform_than_its_volume_is_refused(mrml, c
         SceneLoader.writeCorrection(seg, volume, phantom_model.labelNames, str(tmp_path / "c.seg.nrrd"))
     assert not (tmp_path / "c.seg.nrrd").exists() and other is not None
     assert not slicer.mrmlScene.GetFirstNodeByName("MedSeg correction export")
+
+
+def test_the_modality_warning_reads_the_volume_through_slicer(mrml, cases):
+    import slicer
+
+    from SlicerMedSegLib.SegmentationLogic import SegmentationLogic
+
+    logic = SegmentationLogic(str(REPO / "SlicerMedSeg"), installLogic=None, python=sys.executable)
+    logic.listModels(wait=True)
+    ct = _load_volume(cases["oblique-left-handed"]["source"], "ct")
+    assert logic.modalityWarning(ct, "phantom-unet") == ""
+    # the same voxels rescaled to positive arbitrary units, as an MRI would come
+    mr = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, ct, "mr-like")
+    array = slicer.util.arrayFromVolume(mr)
+    array[:] = (array - array.min()) // 4
+    slicer.util.arrayFromVolumeModified(mr)
+    assert "Hounsfield" in logic.modalityWarning(mr, "phantom-unet")
+    assert logic.modalityWarning(None, "phantom-unet") == "" and logic.modalityWarning(ct, "no-such-model") == ""
