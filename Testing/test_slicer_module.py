@@ -413,7 +413,7 @@ def test_protocol_parsing_and_time_left():
 
 
 def test_models_list_and_modality_warning():
-    from medseg_core.cli import models_json
+    from medseg_core.commands import models_json
 
     models = Models.parse_models_json(json.dumps(models_json()))
     phantom = next(m for m in models if m.name == "phantom-unet")
@@ -476,7 +476,7 @@ def test_panel_progress_and_log_follow_the_childs_events():
 
 
 def test_panel_model_list_tooltip_selection_and_modality_warning():
-    from medseg_core.cli import models_json
+    from medseg_core.commands import models_json
 
     models = Models.parse_models_json(json.dumps(models_json()))
     entries = Panel.modelEntries(models)

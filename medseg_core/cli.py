@@ -94,28 +94,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_segment(a) -> int:
-    from .segment import segment_files
-    from .training import distributed as dd
+    from .commands import SegmentRequest, run_segment
 
-    inputs, device, info = a.inputs, a.device, dd.from_env()
-    if info.enabled:  # under torchrun: each rank takes its share of the inputs and its own GPU
-        inputs = dd.shard(inputs, info)
-        if device in ("auto", "cuda", "gpu"):
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
-        if not inputs:
-            return 0
-    from .inference.regions import parse_box
-
-    if not 0.0 <= a.confidence_threshold <= 1.0:
-        raise InputError(f"--confidence-threshold {a.confidence_threshold}: must be within [0, 1]")
-    roi = parse_box(a.roi) if a.roi else None
-    reports = segment_files(inputs, a.model, a.output, device=device, overwrite=a.overwrite,
-                            batch_size=a.batch_size, progress=_reporter(a), tta=a.tta,
-                            confidence=not a.no_confidence, confidence_threshold=a.confidence_threshold,
-                            roi_mm=roi)
+    request = SegmentRequest(inputs=a.inputs, model=a.model, output=a.output, device=a.device, overwrite=a.overwrite,
+                             batch_size=a.batch_size, tta=a.tta, confidence=not a.no_confidence,
+                             confidence_threshold=a.confidence_threshold, roi=a.roi)
+    reports = run_segment(request, progress=_reporter(a))
     _close(a)
     if a.progress == "json":
         a.reporter.result([r["outputs"] for r in reports], f"{len(reports)} case(s) segmented")
@@ -125,25 +109,9 @@ def cmd_segment(a) -> int:
     return 0
 
 
-def models_json() -> list[dict]:
-    """What ``medseg models --json`` prints: one entry per installed model."""
-    from .models import aliases, list_models
-
-    named = {}
-    for alias, entry in aliases().items():
-        named.setdefault(entry["model"], []).append(alias)
-    out = []
-    for m in list_models():
-        c = m.card
-        out.append({"name": c.name, "version": c.version, "description": c.description, "modality": c.modality,
-                    "channels": c.channels, "labels": [lab.to_dict() for lab in c.labels],
-                    "network": c.network.get("name"), "source": m.source, "path": str(m.path),
-                    "validation": c.validation, "parent": c.parent, "small_organs": c.small_organs,
-                    "aliases": named.get(m.path.name, []) if m.source == "bundled" else []})
-    return out
-
-
 def cmd_models(a) -> int:
+    from .commands import models_json
+
     if a.json:
         print(json.dumps(models_json(), indent=1))
     else:
@@ -186,18 +154,18 @@ def cmd_train(a) -> int:
 
 
 def cmd_finetune(a) -> int:
-    from .finetune import finetune
+    from .commands import FinetuneRequest, finetune_outputs, run_finetune
 
     if len(a.image) != len(a.label):
         raise InputError(f"--image given {len(a.image)} times but --label {len(a.label)} times; give one label per image")
-    res = finetune(a.model, list(zip(a.image, a.label)), steps=a.steps, lr=a.lr, name=a.name, device=a.device,
-                   progress=_reporter(a))
+    request = FinetuneRequest(model=a.model, cases=list(zip(a.image, a.label)), steps=a.steps, lr=a.lr, name=a.name,
+                              device=a.device)
+    res = run_finetune(request, progress=_reporter(a))
     _close(a)
     summary = (f"{res.package_dir}: Dice on the corrected case(s) {res.dice_before:.4f} -> {res.dice_after:.4f} "
                f"({res.steps} steps, {res.seconds:.1f} s)")
     if a.progress == "json":
-        a.reporter.result({"model": str(res.package_dir), "name": Path(res.package_dir).name,
-                           "dice_before": res.dice_before, "dice_after": res.dice_after}, summary)
+        a.reporter.result(finetune_outputs(res), summary)
     else:
         print(summary)
     return 0

@@ -14,7 +14,9 @@ Requests::
     {"id": "3", "command": "models"}
     {"id": "4", "command": "shutdown"}
 
-A loaded model (and its device's warm-up) is reused by later ``segment`` requests for the same
+Each request's ``args`` are checked by the command's request type (``medseg_core.commands``), as
+the CLI's options are: a bad or unknown argument gets an ``error`` event (code 2) and the worker
+goes on serving. A loaded model (and its device's warm-up) is reused by later ``segment`` requests for the same
 package, device and batch size; a ``finetune`` that creates a new model leaves the cache as is.
 """
 
@@ -44,28 +46,22 @@ class Worker:
         return self.predictors[key], key
 
     def segment(self, args: dict, reporter: JsonReporter):
-        from .segment import segment_files
+        from .commands import SegmentRequest, run_segment
 
-        pred, _ = self.predictor(args["model"], args.get("device", "auto"), int(args.get("batch_size", 4)))
+        request = SegmentRequest.from_dict(args)
+        pred, _ = self.predictor(request.model, request.device, request.batch_size)
         pred.progress = reporter
         cached = getattr(pred, "load_reported", False)
-        reports = segment_files(args["inputs"], args["model"], args["output"], overwrite=bool(args.get("overwrite")),
-                                progress=reporter, predictor=pred, tta=bool(args.get("tta")),
-                                confidence=args.get("confidence", True),
-                                confidence_threshold=float(args.get("confidence_threshold", 0.5)),
-                                roi_mm=args.get("roi"))
+        reports = run_segment(request, progress=reporter, predictor=pred)
         return {"reports": reports, "model_was_loaded": cached}
 
     def finetune(self, args: dict, reporter: JsonReporter):
-        from .finetune import finetune
+        from .commands import FinetuneRequest, finetune_outputs, run_finetune
 
-        res = finetune(args["model"], [tuple(c) for c in args["cases"]], steps=args.get("steps"), lr=args.get("lr"),
-                       name=args.get("name"), device=args.get("device", "auto"), progress=reporter)
-        return {"model": str(res.package_dir), "name": res.package_dir.name, "dice_before": res.dice_before,
-                "dice_after": res.dice_after, "steps": res.steps, "seconds": res.seconds}
+        return finetune_outputs(run_finetune(FinetuneRequest.from_dict(args), progress=reporter))
 
     def models(self, args: dict, reporter: JsonReporter):
-        from .cli import models_json
+        from .commands import models_json
 
         return models_json()
 
@@ -90,8 +86,6 @@ class Worker:
             reporter.result(handler(req.get("args", {}), reporter))
         except MedSegError as exc:
             reporter.error(str(exc), exc.exit_code)
-        except KeyError as exc:
-            reporter.error(f"request {rid}: missing argument {exc}", EXIT_INPUT)
         return True
 
     def serve(self, stdin: TextIO | None = None) -> int:

@@ -13,7 +13,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..data.preprocess import bbox_from_mask
-from ..errors import InputError
 
 
 def index_box_to_physical(img: sitk.Image, lo, hi) -> list[float]:
@@ -34,19 +33,6 @@ def physical_box_to_index(img: sitk.Image, box_mm, margin_mm: float = 0.0) -> tu
     lo = np.clip(np.floor(pts.min(0) + 0.5).astype(int), 0, size)
     hi = np.clip(np.ceil(pts.max(0) + 0.5).astype(int), 0, size)
     return lo.tolist(), hi.tolist()
-
-
-def parse_box(text: str) -> list[float]:
-    """``"x0,y0,z0,x1,y1,z1"`` (LPS mm) -> six floats."""
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 6 or any(not np.isfinite(v) for v in vals):
-        raise InputError(f"--roi {text}: expected six numbers x0,y0,z0,x1,y1,z1 in LPS millimetres")
-    if any(a == b for a, b in zip(vals[:3], vals[3:])):
-        raise InputError(f"--roi {text}: the box is empty along one axis")
-    return vals
 
 
 def component_regions(labels: sitk.Image, organs: dict[int, str], probability=None, min_voxels: int = 3,

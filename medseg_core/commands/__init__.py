@@ -1,0 +1,21 @@
+"""The engine's API: one request type and one ``run`` per command, under two faces.
+
+``cli.py`` (argparse) and ``worker.py`` (JSON lines on stdin) only translate their input into a
+request and its result into their output. Each request checks its own arguments when it is built
+(``SegmentRequest.from_dict`` / the dataclass constructor), so both faces refuse the same bad
+values with the same one-line ``InputError``: the CLI exits with 2, the worker answers an ``error``
+event and keeps serving. Messages name the CLI's option (``--confidence-threshold``), the one
+spelling the documentation uses.
+
+* :mod:`.segment`: ``SegmentRequest``, ``run_segment`` (also the share of the inputs of one rank
+  under ``torchrun``);
+* :mod:`.finetune`: ``FinetuneRequest``, ``run_finetune``, ``finetune_outputs`` (the result event's);
+* :mod:`.models`: ``models_json``, the installed models as ``medseg models --json`` prints them;
+* :mod:`.checks`: the argument checks the requests share.
+"""
+
+from .finetune import FinetuneRequest, finetune_outputs, run_finetune
+from .models import models_json
+from .segment import SegmentRequest, run_segment
+
+__all__ = ["FinetuneRequest", "SegmentRequest", "finetune_outputs", "models_json", "run_finetune", "run_segment"]
