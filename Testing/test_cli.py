@@ -227,6 +227,26 @@ def test_train_time_budget_zero_trains_for_the_steps(tmp_path, capsys):
     assert "after 4 steps" in capsys.readouterr().out
 
 
+def test_train_records_its_command_line_in_the_card(tmp_path, capsys, monkeypatch):
+    from medseg_core.data.phantom import write_phantom_dataset
+    from medseg_core.models import load_package
+
+    data = write_phantom_dataset(tmp_path / "data", 3, shape=(16, 24, 24))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"network": {"name": "unet", "kwargs": {"spatial_dims": 2, "features": [4, 8]}},
+                                  "patch_size": [16, 16], "batch_size": 2, "steps": 1, "val_every": 100,
+                                  "deep_supervision": False}))
+    monkeypatch.setenv("MEDSEG_COMMAND", "not read any more")  # provenance never comes from the environment
+    common = ["--data", data, "--config", config, "--device", "cpu", "--progress", "none", "--cache", tmp_path / "c"]
+    args = list(map(str, ["train", "--run", tmp_path / "r", "--export", tmp_path / "pkg"] + common))
+    assert main(args) == 0
+    assert load_package(tmp_path / "pkg").card.training["command"] == " ".join(["medseg"] + args)
+    assert main(args[:2] + [str(tmp_path / "r2"), "--export", str(tmp_path / "pkg2")] + args[5:]
+                + ["--record-command", "medseg train --config c.json --run RUN"]) == 0
+    assert load_package(tmp_path / "pkg2").card.training["command"] == "medseg train --config c.json --run RUN"
+    capsys.readouterr()
+
+
 def test_train_seed_override_reproduces_and_varies(tmp_path, capsys):
     import torch
     from safetensors.torch import load_file

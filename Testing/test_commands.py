@@ -141,3 +141,17 @@ def test_the_faces_sit_on_top_and_nothing_below_imports_them():
             assert not any(name.startswith("medseg_core.commands") for name in imported), module
     # the worker is a face beside the CLI, not above it (it once imported models_json from there)
     assert not {n for n in _imports(PACKAGE / "worker.py") if n.startswith("medseg_core.cli")}
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--steps", "0"], "--steps 0: must be a whole number of at least 1"),
+    (["--time-budget", "-5"], "--time-budget -5.0: must be 0 (none) or more seconds"),
+    (["--seed", "-1"], "--seed -1: must be a whole number of at least 0"),
+])
+def test_train_refuses_bad_overrides_before_touching_the_run(tmp_path, capsys, options, message):
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    code = main(["train", "--config", str(config), "--run", str(tmp_path / "run"), *options])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

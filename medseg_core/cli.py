@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override the config's time budget (seconds; 0: none, train for the steps)")
     t.add_argument("--seed", type=int, help="override the config's random seed (weights, sampling, augmentation)")
     t.add_argument("--preprocess-only", action="store_true", help="build the cache and stop")
+    t.add_argument("--record-command", metavar="TEXT",
+                   help="the command line the model card records (default: this one); for scripts that run "
+                        "medseg on temporary paths")
     t.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     f = sub.add_parser("finetune", help="fine-tune a model on corrected segmentations")
@@ -124,27 +127,18 @@ def cmd_models(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from .training.config import TrainConfig
-    from .training.trainer import train
+    from .commands import TrainRequest, run_train
 
-    cfg = TrainConfig.read(a.config)
-    if a.steps:
-        cfg.steps = a.steps
-    if a.time_budget is not None:
-        cfg.time_budget_s = a.time_budget or None
-    if a.seed is not None:
-        cfg.seed = a.seed
-    os.environ.setdefault("MEDSEG_COMMAND", " ".join(["medseg"] + sys.argv[1:]))
-    if a.preprocess_only:
-        from .training.data import prepare_cache
-
-        prepare_cache(cfg, a.data, Path(a.cache) if a.cache else Path(a.run) / "cache", a.split)
-        return 0
+    command = a.record_command if a.record_command is not None else " ".join(["medseg"] + a.argv)
+    request = TrainRequest(config=a.config, run=a.run, data=a.data, cache=a.cache, split=a.split, export=a.export,
+                           resume=a.resume, device=a.device, steps=a.steps, time_budget=a.time_budget, seed=a.seed,
+                           preprocess_only=a.preprocess_only, command=command)
     json_mode = a.progress == "json"
     reporter = _reporter(a) if json_mode else None
-    res = train(cfg, a.run, data_dir=a.data, cache_dir=a.cache, output=a.export, device=a.device,
-                resume=a.resume, split_file=a.split, progress="none" if json_mode else a.progress,
-                callback=reporter, log=reporter.log if json_mode else print)
+    res = run_train(request, progress="none" if json_mode else a.progress, callback=reporter,
+                    log=reporter.log if json_mode else print)
+    if res is None:  # --preprocess-only
+        return 0
     summary = f"best validation Dice {res.best_dice:.4f} after {res.steps} steps, {res.seconds:.0f} s -> {res.package_dir}"
     if json_mode:
         a.reporter.result({"model": str(res.package_dir), "best_dice": res.best_dice, "steps": res.steps}, summary)
@@ -251,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. SIGTERM, like Ctrl-C, ends it with exit code 130; what it was writing is
     removed on the way out (outputs are staged under temporary names)."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if hasattr(args, "progress") and args.progress is None:
         args.progress = "bar" if sys.stderr.isatty() else "none"
     if threading.current_thread() is threading.main_thread():

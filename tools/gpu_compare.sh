@@ -11,9 +11,10 @@ export PYTHONUNBUFFERED=1
 pids=()
 for config in "$@"; do
   name=$(basename "$config" .json)
-  MEDSEG_COMMAND="medseg train --config $config --cache <cache> --run RUN --device cuda --time-budget $budget" \
-    python3 -m medseg_core.cli train --config "$config" --cache "$cache" --run "$tmp/run-$name" --device cuda \
-    --progress none --time-budget "$budget" > "$out/$name.log" 2>&1 &
+  python3 -m medseg_core.cli train --config "$config" --cache "$cache" --run "$tmp/run-$name" --device cuda \
+    --progress none --time-budget "$budget" \
+    --record-command "medseg train --config $config --cache <cache> --run RUN --device cuda --time-budget $budget" \
+    > "$out/$name.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done

@@ -8,5 +8,6 @@ tar xjf "$tarball" -C "$tmp"
 cache=$(find "$tmp" -name cache.json -printf '%h\n' | head -1)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-export PYTHONUNBUFFERED=1 MEDSEG_COMMAND="medseg train --config $config --cache <cache> --run RUN --device cuda $*"
-python3 -m medseg_core.cli train --config "$config" --cache "$cache" --run "$out/run" --device cuda --progress none "$@"
+export PYTHONUNBUFFERED=1
+python3 -m medseg_core.cli train --config "$config" --cache "$cache" --run "$out/run" --device cuda --progress none \
+  --record-command "medseg train --config $config --cache <cache> --run RUN --device cuda $*" "$@"

@@ -107,7 +107,7 @@ def validate(net: torch.nn.Module, images, labels, num_classes: int, patch, devi
 def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None = None,
           cache_dir: str | Path | None = None, output: str | Path | None = None, device: str = "auto",
           resume: bool = False, split_file: str | None = None, progress: str = "bar",
-          callback: Progress | None = None, log=print) -> TrainResult:
+          callback: Progress | None = None, log=print, command: str = "") -> TrainResult:
     """Train ``config`` on a dataset (or a prepared cache) and write a model package.
 
     Args:
@@ -117,6 +117,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
         output: where the final package is copied (atomically); default ``run_dir/best`` only.
         resume: continue from ``run_dir/last``.
         progress: "bar" (tqdm), or "none"; ``callback`` receives (stage, fraction, message, eta_s).
+        command: the command line recorded in the card's training record (its provenance).
     """
     t_start = time.time()
     info = dd.from_env()
@@ -193,7 +194,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
             training={"dataset": ds["name"], "train_cases": len(train_cases), "validation_cases": len(val_cases),
                       "config": config.to_dict(), "steps": step, "seconds": round(clock.elapsed(), 1),
                       "device": str(dev), "world_size": info.world_size,
-                      "command": os.environ.get("MEDSEG_COMMAND", "")},
+                      "command": command},
             validation={"during_training": {"mean_dice_model_grid": round(best, 4), "step": best_step}},
             small_organs=list(config.small_organs))
 
