@@ -25,7 +25,8 @@ import torch
 
 from medseg_core.data.phantom import PHANTOM_LABELS, make_phantom
 from medseg_core.errors import InputError
-from medseg_core.finetune import FinetuneResult, finetune, normalize_name, read_correction
+from medseg_core.finetune import FinetuneResult, finetune, read_correction
+from medseg_core.labels import name_key
 from medseg_core.io import write_segmentation
 from medseg_core.labels import Label
 from medseg_core.losses import DiceCELoss
@@ -171,7 +172,7 @@ def test_the_name_must_be_new(tuned, monkeypatch):
 def test_segments_match_by_name_and_unknown_names_are_refused(tmp_path):
     ph = make_phantom(seed=3, shape=(24, 32, 32))
     card = find_model(MODEL).card
-    assert normalize_name("Spinal_Cord ") == normalize_name("spinalcord") == "spinalcord"
+    assert name_key("Spinal_Cord ") == name_key("spinal-cord") == "spinalcord"
     # an empty segment is kept (annotated: the user affirms absence); a missing one is not annotated
     lab = sitk.GetArrayFromImage(ph.label)
     lab[lab == 4] = 0

@@ -435,6 +435,22 @@ def test_models_list_and_modality_warning():
     assert Models.modality_warning("MR", Models.intensity_stats(mr_like)) == ""
 
 
+def test_the_module_knows_the_engines_output_names():
+    from medseg_core.io.naming import OUTPUT_SUFFIXES
+
+    assert Protocol.SEGMENT_OUTPUT_SUFFIXES == OUTPUT_SUFFIXES
+
+
+def test_the_module_matches_segment_names_by_the_engines_rule():
+    from medseg_core.labels import name_key
+
+    names = ["Right_Parotid ", "right parotid", "RIGHT-PAROTID", "Spinal cord", "SpinalCord", "PTV 70", "ptv_70",
+             "Low confidence", "Brain-stem", "Parotid (L)", "Ösophagus", ""]
+    assert [Commands.normalize_segment_name(n) for n in names] == [name_key(n) for n in names]
+    assert Commands.matching_segment_names(["right-parotid", "My notes", "Low confidence"],
+                                           ["RightParotid", "LeftParotid"]) == ["right-parotid"]
+
+
 # ---- the panel's decisions (Widget.py only copies them into the widgets) ------------------------------
 def test_panel_buttons_follow_the_apply_cancel_state_machine():
     idle = dict(hasInput=True, model="phantom-unet", modelCount=3, hasCorrection=True, hasFinetuneVolume=True)

@@ -32,12 +32,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg_core.errors import InputError
+from medseg_core.io.naming import LABELS_SUFFIX
 from medseg_core.metrics import METRIC_NAMES, compute_case_metrics
 
 EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 """Labelmap file endings that are paired."""
 
-PREDICTION_SUFFIX = "_labels"
+PREDICTION_SUFFIX = LABELS_SUFFIX
 GEOMETRY_TOLERANCE = 1e-4
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,6 +50,7 @@ import torch
 
 from .errors import InputError, ModelError
 from .inference.device import use_bf16
+from .labels import name_key
 
 CPU_PATCH_3D = (48, 64, 64)
 """Largest default training patch (z, y, x) on the CPU: about a quarter of a typical card patch."""
@@ -82,11 +82,6 @@ class FinetuneResult:
     steps: int
     seconds: float
     per_label: dict = field(default_factory=dict)
-
-
-def normalize_name(name: str) -> str:
-    """Segment/label name key: lower case, spaces and underscores removed."""
-    return re.sub(r"[\s_]+", "", str(name)).lower()
 
 
 def _names_list(card) -> str:
@@ -134,11 +129,11 @@ def read_correction(path: str | Path, reference, card):
     model_values = {lab.value for lab in card.labels}
     dtype = np.uint8 if max(model_values | {0}) < 256 else np.uint16
     if segments:
-        by_name = {normalize_name(lab.name): lab.value for lab in card.labels}
+        by_name = {name_key(lab.name): lab.value for lab in card.labels}
         lut = np.zeros(int(max(int(arr.max()), max(s.value for s in segments))) + 1, dtype=dtype)
         annotated = set()
         for seg in segments:
-            value = by_name.get(normalize_name(seg.name))
+            value = by_name.get(name_key(seg.name))
             if value is None:
                 raise InputError(f"{path}: segment {seg.name!r} is not a label of model {card.name} "
                                  f"(its labels: {_names_list(card)}); rename or remove the segment")

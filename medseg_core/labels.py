@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
+
+
+def name_key(name: str) -> str:
+    """The key names are matched by (segments to model labels, names to terminology codes): lower
+    case, letters and digits only. The Slicer module's ``Commands.normalize_segment_name`` applies
+    the same rule (a test holds the two together).
+
+    >>> name_key("Right_Parotid "), name_key("right-parotid"), name_key("Spinal cord")
+    ('rightparotid', 'rightparotid', 'spinalcord')
+    """
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
 @dataclass(frozen=True)

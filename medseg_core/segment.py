@@ -20,38 +20,12 @@ from typing import Callable
 import numpy as np
 
 from .errors import InputError
+from .io.naming import output_paths, stem_of
 from .labels import Label
-
-EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".gz")
-
-
-def stem_of(path: str | Path) -> str:
-    """File name without its image extension(s), or the folder name of a DICOM series."""
-    p = Path(path)
-    name = p.name.rstrip("/") or p.resolve().name
-    if p.is_dir():
-        return name
-    for ext in EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return p.stem
-
 
 LOW_CONFIDENCE = "Low confidence"
 CONFIDENCE_STEPS = 1024  # the stored confidence map is quantised to multiples of 1/CONFIDENCE_STEPS
 LOW_CONFIDENCE_COLOR = (1.0, 0.85, 0.0)
-
-
-def output_paths(output_dir: Path, stem: str, confidence: bool = True, rois: bool = False) -> dict[str, Path]:
-    """The files ``segment`` writes for one input."""
-    out = {"labels": output_dir / f"{stem}_labels.nii.gz", "segmentation": output_dir / f"{stem}.seg.nrrd",
-           "report": output_dir / f"{stem}_report.json"}
-    if confidence:
-        out["confidence"] = output_dir / f"{stem}_confidence.nii.gz"
-    if rois:
-        out["rois"] = output_dir / f"{stem}_rois.json"
-        out["rois_segmentation"] = output_dir / f"{stem}_rois.seg.nrrd"
-    return out
 
 
 def channel_paths(path: Path, n_channels: int) -> list[Path]:

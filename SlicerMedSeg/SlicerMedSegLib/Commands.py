@@ -7,6 +7,7 @@ with Slicer's own interpreter (PythonSlicer), so no ``medseg`` script needs to b
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Mapping, Optional, Sequence
 
@@ -83,13 +84,14 @@ def child_environment(device: str = "auto", base: Optional[Mapping[str, str]] = 
 
 
 def normalize_segment_name(name: str) -> str:
-    """The key ``medseg finetune`` matches segment names to model labels with (lower case, spaces
-    and underscores ignored).
+    """The key ``medseg finetune`` matches segment names to model labels with: lower case, letters
+    and digits only (the engine's ``medseg_core.labels.name_key``; the module does not import the
+    engine, and a test holds the two rules together).
 
-    >>> normalize_segment_name("Right_Parotid ") == normalize_segment_name("right parotid")
+    >>> normalize_segment_name("Right_Parotid ") == normalize_segment_name("right-parotid")
     True
     """
-    return "".join(str(name).split()).replace("_", "").lower()
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
 def matching_segment_names(segment_names: Sequence[str], label_names: Sequence[str]) -> list[str]:

@@ -174,6 +174,8 @@ class ProgressTracker:
         return text + (f" - {eta}" if eta else "")
 
 
+# The engine's medseg_core.io.naming.OUTPUT_SUFFIXES (the module does not import the engine; a
+# test holds the two equal).
 SEGMENT_OUTPUT_SUFFIXES = {"labels": "_labels.nii.gz", "segmentation": ".seg.nrrd", "report": "_report.json",
                            "confidence": "_confidence.nii.gz", "rois": "_rois.json",
                            "rois_segmentation": "_rois.seg.nrrd"}

@@ -15,6 +15,7 @@ _EXPORTS = {
     "write_image": "image", "write_labelmap": "image",
     "read_segmentation": "segmentation", "write_segmentation": "segmentation",
     "default_color": "terminology", "terminology_for": "terminology",
+    "OUTPUT_SUFFIXES": "naming", "output_paths": "naming", "stem_of": "naming",
 }
 
 __all__ = sorted(_EXPORTS)

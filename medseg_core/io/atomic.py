@@ -16,9 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medseg_core.errors import InputError
-
-#: Extensions made of several dots, kept whole when naming temporary files.
-COMPOUND_EXTENSIONS = (".seg.nrrd", ".seg.nii.gz", ".nii.gz", ".tar.gz", ".json.gz")
+from medseg_core.io.naming import COMPOUND_EXTENSIONS
 
 
 def split_extension(name: str) -> tuple[str, str]:

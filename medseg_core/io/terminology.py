@@ -32,6 +32,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from medseg_core.labels import name_key
+
 SLICER_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -97,15 +99,10 @@ PALETTE_255: tuple[tuple[int, int, int], ...] = (
 _SIDE_WORDS = {RIGHT: ("right", "rt", "r"), LEFT: ("left", "lt", "l")}
 
 
-def normalize_name(name: str) -> str:
-    """Lower-cases a name and drops everything but letters and digits ("Right_Parotid" -> "rightparotid")."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def _build_index() -> dict[str, tuple[_Entry, tuple[str, str, str] | None]]:
     index: dict[str, tuple[_Entry, tuple[str, str, str] | None]] = {}
     for key, entry in _ENTRIES.items():
-        for base in map(normalize_name, (key, *entry.aliases)):
+        for base in map(name_key, (key, *entry.aliases)):
             index[base] = (entry, None)
             if entry.paired:
                 for side, words in _SIDE_WORDS.items():
@@ -122,7 +119,7 @@ _DOSE_LEVEL = re.compile(r"^(gtv|ctv|ptv)\d+$")  # "PTV70": a target at a dose l
 
 
 def _lookup(name: str) -> tuple[_Entry, tuple[str, str, str] | None] | None:
-    key = normalize_name(name)
+    key = name_key(name)
     if key not in _INDEX and _DOSE_LEVEL.match(key):
         key = _DOSE_LEVEL.match(key).group(1)
     return _INDEX.get(key)
