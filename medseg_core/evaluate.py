@@ -24,14 +24,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from medseg_core.errors import InputError
+from medseg_core.io.atomic import write_text_atomic
 from medseg_core.io.naming import LABELS_SUFFIX
 from medseg_core.metrics import METRIC_NAMES, compute_case_metrics
 
@@ -185,22 +184,6 @@ def _jsonable(obj):
     return obj
 
 
-def _write_atomic(path, text: str) -> None:
-    """Writes text to a temporary file beside ``path``, then renames it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(cases: list[dict], names: dict[int, str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -262,7 +245,7 @@ def evaluate_folders(pred_dir, ref_dir, labels: dict[int, str] | None = None, ou
     result = {"pred_dir": str(pred_dir), "ref_dir": str(ref_dir), "labels": names, "cases": cases,
               "summary": _summary(cases, names)}
     if out_csv is not None:
-        _write_atomic(out_csv, _csv_text(cases, names))
+        write_text_atomic(out_csv, _csv_text(cases, names))
     if out_json is not None:
-        _write_atomic(out_json, json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+        write_text_atomic(out_json, json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
     return result

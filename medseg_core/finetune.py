@@ -51,6 +51,7 @@ import torch
 from .errors import InputError, ModelError
 from .inference.device import use_bf16
 from .labels import name_key
+from .metrics.overlap import dice_per_value
 
 CPU_PATCH_3D = (48, 64, 64)
 """Largest default training patch (z, y, x) on the CPU: about a quarter of a typical card patch."""
@@ -201,18 +202,6 @@ class _FocusedSampler:
             ys.append(y)
             cases.append(case)
         return torch.stack(xs), torch.stack(ys).long(), self.base.annotated[cases].to(xs[0].device)
-
-
-def _dice_per_label(pred: np.ndarray, ref: np.ndarray, values: Sequence[int]) -> dict[int, float]:
-    """Dice of each value present in ``ref``."""
-    out = {}
-    for v in values:
-        r = ref == v
-        n = int(r.sum())
-        if n:
-            p = pred == v
-            out[v] = float(2 * np.logical_and(p, r).sum() / (p.sum() + n))
-    return out
 
 
 def _summarise(per_case: list[dict[int, float]], names: dict[int, str]) -> tuple[float, dict[str, tuple[float, int]]]:
@@ -375,7 +364,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
                     probs = probs[0]
                 labels = np.asarray(probs).argmax(0).astype(pre.label.dtype)
                 preds.append(labels)
-                per_case.append(_dice_per_label(labels, pre.label, annotated[k]))
+                per_case.append(dice_per_value(labels, pre.label, annotated[k]))
             pred.progress = lambda *a, **k: None
             report("evaluate", 1.0, "")
             return per_case, preds

@@ -12,12 +12,12 @@ SimpleITK.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, read_json
+from ..io.atomic import atomic_output, write_text_atomic
 
 FG_SAMPLES = 20000
 
@@ -61,9 +61,8 @@ def build_cache(dataset, cases: list[str], pre_cfg, cache_dir: str | Path, log=p
         fg = raw[0][lab_arr > 0]
         if fg.size > FG_SAMPLES:
             fg = rng.choice(fg, FG_SAMPLES, replace=False)
-        tmp = cache_dir / f".{case}.tmp.npz"
-        np.savez_compressed(tmp, image=raw, label=lab_arr, fg=fg.astype(np.float32))
-        os.replace(tmp, cache_dir / f"{case}.npz")
+        with atomic_output(cache_dir / f"{case}.npz") as tmp:
+            np.savez_compressed(tmp, image=raw, label=lab_arr, fg=fg.astype(np.float32))
         index["cases"][case] = {
             "shape": list(lab_arr.shape),
             "spacing": list(imgs[0].GetSpacing()),
@@ -77,9 +76,7 @@ def build_cache(dataset, cases: list[str], pre_cfg, cache_dir: str | Path, log=p
 
 
 def _write_index(path: Path, index: dict) -> None:
-    tmp = path.with_name(".cache.json.tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(index, indent=1))
 
 
 def read_index(cache_dir: str | Path) -> dict:

@@ -42,6 +42,23 @@ def dice(pred_mask, ref_mask) -> float:
     return math.nan if r == 0 else 2.0 * tp / (p + r)
 
 
+def dice_per_value(pred, ref, values) -> dict[int, float]:
+    """Dice of each label value that is present in ``ref``; labelmaps as numpy arrays or torch
+    tensors (on any device) of the same shape. Values absent from ``ref`` are left out.
+
+    >>> dice_per_value(np.array([1, 1, 2, 0]), np.array([1, 2, 2, 0]), [1, 2, 3])
+    {1: 0.6666666666666666, 2: 0.6666666666666666}
+    """
+    out = {}
+    for v in values:
+        r = ref == v
+        n = int(r.sum())
+        if n:
+            p = pred == v
+            out[int(v)] = 2.0 * int((p & r).sum()) / (int(p.sum()) + n)
+    return out
+
+
 def jaccard(pred_mask, ref_mask) -> float:
     """Jaccard index (IoU) |P&R| / |P|R|; NaN if the reference is empty.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from ..io.atomic import write_text_atomic
 from .card import ModelCard
 
 WEIGHTS = "weights.safetensors"
@@ -239,9 +240,7 @@ def record_validation(package_dir: str | Path, summary: dict, cases: int, note: 
                                    "with the organ contoured; HD95 = max of the directed 95th percentiles, "
                                    "median over cases (found: mean over cases where it was predicted)")
     card.validation = val
-    tmp = pkg.path / f".{CARD}.tmp"
-    tmp.write_text(card.to_json() + "\n")
-    os.replace(tmp, pkg.path / CARD)
+    write_text_atomic(pkg.path / CARD, card.to_json() + "\n")
 
 
 def _round(x):

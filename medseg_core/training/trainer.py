@@ -27,6 +27,7 @@ from ..inference.device import resolve_device, use_bf16
 from ..inference.sliding_window import sliding_window_predict
 from ..io.terminology import default_color, terminology_for
 from ..labels import Label
+from ..metrics.overlap import dice_per_value
 from ..models import ModelCard, load_package, save_package
 from ..nets import build_network
 from . import distributed as dd
@@ -94,12 +95,8 @@ def validate(net: torch.nn.Module, images, labels, num_classes: int, patch, devi
         amp = use_bf16(device)
         probs = sliding_window_predict(img, fwd, tuple(patch), num_classes, batch_size=batch_size, device=device,
                                        accumulate_device=device, amp=amp)
-        pred = probs.argmax(0)
-        for c in range(1, num_classes):
-            ref = lab == c
-            if ref.any():
-                p = pred == c
-                out[i, c - 1] = float(2 * (p & ref).sum() / (p.sum() + ref.sum()))
+        for c, value in dice_per_value(probs.argmax(0), lab, range(1, num_classes)).items():
+            out[i, c - 1] = value
     net.train()
     return out
 
