@@ -15,7 +15,7 @@ mode): open the module once and press Refresh, or run (with the PyTorch extensio
 The phantom model runs on the CPU in a few seconds; fine-tuning takes 2 steps.
 
 The same file runs outside Slicer, in the slicer-core tier of ``make test``
-(``Testing/test_slicer_scene.py``), except the tests in ``NEEDS_QT`` (the panel). So it loads and
+(``Testing/slicer_scene/test_scene_logic.py``), except the tests in ``NEEDS_QT`` (the panel). So it loads and
 compares through Slicer's own logic and arrays only: voxels are compared on Slicer's grid, never
 against SimpleITK's file order (Slicer's reader reverses the k axis of a left-handed image, as the
 phantom's is).
