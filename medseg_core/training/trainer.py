@@ -1,5 +1,5 @@
 """The training loop: sampled patches, Dice + CE, validation Dice, best model written atomically,
-resumable, mixed precision on CUDA, DistributedDataParallel under ``torchrun``.
+resumable, mixed precision on CUDA, data-parallel under ``torchrun`` (``distributed.py``).
 
 A run folder holds ``last/`` (weights, optimiser and sampler state: what resume needs),
 ``best/`` (a complete model package, replaced atomically whenever validation improves) and
@@ -159,7 +159,8 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
     recipe.attach(net, make_optimizer)
     opt = make_optimizer(recipe.parameters(net))
     clock = _Clock(config)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, clock.fraction(s), config))
+    progress_now = {"fraction": 0.0}  # how far the run is, as the ranks agree (see the loop)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, progress_now["fraction"], config))
     step, best, history = 0, -1.0, []
     last = run_dir / "last"
     if resume and (last / "state.json").is_file():
@@ -176,7 +177,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
         step, best, history = state["step"], state["best"], state["history"]
         clock = _Clock(config, state.get("train_seconds", 0.0))
         say(f"resumed at step {step} (best validation Dice {best:.4f})")
-    model = torch.nn.parallel.DistributedDataParallel(net) if info.enabled else net
+    dd.broadcast_module(net)  # every rank starts from rank 0's weights (step_on averages the gradients)
     val_images = val_labels = None
     if info.is_main and val_cases:
         val_images, val_labels = load_tensors(cache_dir, val_cases, pre, dev)
@@ -231,24 +232,24 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
                    bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
     amp = config.amp and use_bf16(dev)  # on CPUs with native bf16 it about halves a step
     net.train()
-    t_loop, fraction0, running = time.time(), clock.fraction(step), None
+    t_loop, running = time.time(), None
+    # one agreed fraction per step drives the recipe's schedule, the learning rate and the end, so
+    # every rank switches stages and stops at the same step, whatever its own clock says
+    fraction = fraction0 = dd.agree(clock.fraction(step), dev)
     done = False
     while not done:
         x, y, ann = sampler.sample(config.batch_size)
         x, y = augment(x, y)
         if spatial_dims == 2 and x.ndim == 5:
             x, y = x[:, :, 0], y[:, 0]
-        recipe.before_step(step, clock.fraction(step))
-        loss = recipe.train_step(model, x, y, ann, opt,
+        recipe.before_step(step, fraction)
+        loss = recipe.train_step(net, x, y, ann, opt,
                                  lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp))
-        sched.step()
+        dd.broadcast_module(net, buffers_only=True)  # rank 0's batch-norm statistics, as DDP keeps them
         step += 1
+        fraction = progress_now["fraction"] = dd.agree(clock.fraction(step), dev)
+        sched.step()
         recipe.after_step(step)
-        fraction = clock.fraction(step)
-        if info.enabled:  # every rank stops at the same step, whatever its clock says
-            f = torch.tensor([fraction], device=dev)
-            torch.distributed.all_reduce(f, op=torch.distributed.ReduceOp.MAX)
-            fraction = float(f)
         done = fraction >= 1.0
         lv = float(loss.detach())
         running = lv if running is None else 0.98 * running + 0.02 * lv

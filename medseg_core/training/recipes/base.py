@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from ...losses import DiceLoss, FocalLoss
+from ..distributed import average_gradients
 
 MakeOptimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -21,9 +22,10 @@ class Recipe:
     recipe, so methods compare on an equal footing. A recipe supplies:
 
     * :meth:`loss` ``(out, target, annotated)``: the loss of one forward pass;
-    * :meth:`train_step`: one optimisation step; the default runs forward, :meth:`loss`,
-      backward, gradient clipping and the optimiser step. Alternating methods (L-SNet, DAN)
-      override it;
+    * :meth:`train_step`: one optimisation step; the default runs forward, :meth:`loss`, then
+      :func:`step_on` (backward, gradients averaged over the ranks, clipping, the optimiser
+      step). Alternating methods (L-SNet, DAN) override it; every optimiser step goes through
+      :func:`step_on`, the same number of times on every rank;
     * :meth:`attach`: called once with the built network, before the main optimiser is made,
       to set up stages or extra optimisers; :meth:`parameters` says what the main optimiser
       updates (default: everything);
@@ -72,10 +74,18 @@ class Recipe:
         pass
 
 
-def step_on(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, clip: float = GRAD_CLIP) -> None:
-    """zero_grad, backward, clip the gradient norm of ``parameters``, step."""
+def step_on(optimizer: torch.optim.Optimizer, loss: torch.Tensor | None, parameters, clip: float = GRAD_CLIP) -> None:
+    """zero_grad, backward, average the gradients over the ranks (under ``torchrun``), clip the
+    gradient norm of ``parameters``, step: the one optimiser step of every recipe.
+
+    ``loss`` may be ``None`` when this rank has nothing to learn from this step (an L-SNet batch
+    without a region): it still takes part, with zero gradients, so every rank steps alike.
+    """
+    parameters = [p for p in parameters if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss is not None:
+        loss.backward()
+    average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
     optimizer.step()
 

@@ -144,6 +144,7 @@ class LSNetAlternating(Recipe):
             roi_boxes = torch.cat([roi_boxes, torch.stack([b for _, b in fallback]).to(roi_boxes)])
             batch_index = torch.cat([batch_index, torch.tensor([i for i, _ in fallback], device=x.device)])
         if not len(roi_boxes):  # nothing labelled and nothing found: only L-Net learned this step
+            step_on(optimizer, None, net.parameters())  # (a step all the same, in step with the other ranks)
             self.last = {"l_loss": round(float(l_loss.detach()), 4), "regions": 0}
             return l_loss.detach()
         crop_boxes = expand_boxes(roi_boxes, net.roi_margin)
