@@ -42,7 +42,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -287,7 +286,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
     from .models.card import ModelCard
     from .models.package import find_model, save_package, user_models_dir
     from .segment import channel_paths
-    from .training.trainer import _lr_factor
+    from .training.recipes.base import step_on
+    from .training.schedule import lr_factor
 
     t_start = time.perf_counter()
     report = progress or (lambda stage, fraction, message="", eta_s=None: None)
@@ -402,8 +402,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
                 prm.requires_grad_(False)
         params = [prm for prm in net.parameters() if prm.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.get("weight_decay", 1e-4)))
-        schedule = SimpleNamespace(warmup_steps=max(1, min(10, steps // 10)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, s / steps, schedule))
+        warmup = max(1, min(10, steps // 10))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, s / steps, warmup))
         loss_fn = DiceCELoss()
         amp = use_bf16(dev)
         net.train()
@@ -419,10 +419,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
                 out = net(x)
             loss = deep_supervision_loss(loss_fn, out.logits.float(), [d.float() for d in out.deep_supervision],
                                          y, ann)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 12.0)
-            opt.step()
+            step_on(opt, loss, params)  # the recipes' optimiser step (backward, clip at GRAD_CLIP, step)
             sched.step()
             lv = float(loss.detach())
             if not math.isfinite(lv):

@@ -31,6 +31,7 @@ from ..metrics.overlap import dice_per_value
 from ..models import ModelCard, load_package, save_package
 from ..nets import build_network
 from . import distributed as dd
+from .schedule import lr_factor
 from .config import TrainConfig
 from .data import load_tensors, normalization_for, prepare_cache
 from .recipes import build_recipe
@@ -47,13 +48,6 @@ class TrainResult:
     steps: int
     seconds: float
     net: torch.nn.Module | None = None
-
-
-def _lr_factor(step: int, fraction: float, cfg: TrainConfig) -> float:
-    """Linear warm-up, then polynomial decay (power 0.9) over the fraction of the run done."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    return max(0.0, 1 - fraction) ** 0.9
 
 
 class _Clock:
@@ -160,7 +154,7 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
     opt = make_optimizer(recipe.parameters(net))
     clock = _Clock(config)
     progress_now = {"fraction": 0.0}  # how far the run is, as the ranks agree (see the loop)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, progress_now["fraction"], config))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, progress_now["fraction"], config.warmup_steps))
     step, best, history = 0, -1.0, []
     last = run_dir / "last"
     if resume and (last / "state.json").is_file():
