@@ -441,6 +441,23 @@ def test_the_module_knows_the_engines_output_names():
     assert Protocol.SEGMENT_OUTPUT_SUFFIXES == OUTPUT_SUFFIXES
 
 
+def test_the_modules_terminology_context_lists_every_project_code_the_engine_writes():
+    from medseg_core.io import terminology as t
+
+    context = json.loads((MODULE_DIR / "Resources" / "Terminology" /
+                          "SegmentationCategoryTypeModifier-SlicerMedSeg.term.json").read_text())
+    assert context["SegmentationCategoryTypeContextName"] == t.MEDSEG_CONTEXT
+    listed = {(c["CodingSchemeDesignator"], c["CodeValue"], c["CodeMeaning"]):
+              {(y["CodingSchemeDesignator"], y["CodeValue"], y["CodeMeaning"]) for y in c["Type"]}
+              for c in context["SegmentationCodes"]["Category"]}
+    written = [t.project_terminology(code) for code in (t.LOW_CONFIDENCE_CODE, t.SMALL_ORGAN_REGION_CODE,
+                                                         t.MODEL_LABEL_CODE)]
+    written += [t.terminology_for(name) for name in ("GTV", "CTV", "PTV", "Low confidence")]
+    for entry in written:
+        assert entry["contextName"] == t.MEDSEG_CONTEXT
+        assert tuple(entry["type"]) in listed[tuple(entry["category"])], entry
+
+
 def test_the_module_matches_segment_names_by_the_engines_rule():
     from medseg_core.labels import name_key
 

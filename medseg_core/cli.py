@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
+from .commands.checks import DEVICES
 from .errors import EXIT_CANCELLED, EXIT_INPUT, InputError, MedSegError
 
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or DICOM series folders")
     s.add_argument("--model", required=True, help="model name or package folder")
     s.add_argument("--output", required=True, help="output folder")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
+    s.add_argument("--device", default="auto", choices=DEVICES)
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--batch-size", type=int, default=4, help="sliding windows per forward pass")
     s.add_argument("--tta", action="store_true", help="average over the flips the model was trained with")
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--split", help="split file (default splits.json beside dataset.json)")
     t.add_argument("--export", help="also write the final model package here")
     t.add_argument("--resume", action="store_true", help="continue from RUN/last")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
+    t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--steps", type=int, help="override the config's number of steps")
     t.add_argument("--time-budget", type=float,
                    help="override the config's time budget (seconds; 0: none, train for the steps)")
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     f.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     f.add_argument("--name", help="name of the new model (default NAME-ft-<date-time>)")
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
+    f.add_argument("--device", default="auto", choices=DEVICES)
     f.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     e = sub.add_parser("evaluate", help="Dice and HD95 of predictions against references")
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="segment a synthetic phantom with the bundled phantom model")
     d.add_argument("--output", default="demo_output", help="output folder")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
+    d.add_argument("--device", default="auto", choices=DEVICES)
     d.add_argument("--seed", type=int, default=2024, help="phantom seed")
     return p
 

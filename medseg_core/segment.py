@@ -66,7 +66,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     from .inference.regions import box_mask, component_regions
     from .io import (OutputSet, check_writable_dir, is_constant, read_image, write_float_volume, write_labelmap,
                      write_segmentation)
-    from .io.terminology import SMALL_ORGAN_REGION, project_terminology
+    from .io.terminology import SMALL_ORGAN_REGION_CODE, project_terminology
     from .models import find_model
 
     report_cb = progress or (lambda *a, **k: None)
@@ -170,8 +170,9 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
                 box_labels = []
                 for k, r in enumerate(regions):
                     boxes[box_mask(label_img, r["box_index"])] = k + 1
-                    box_labels.append(Label(k + 1, f"{r['label']} region {k + 1}", colors.get(r["value"], (0.5, 0.5, 0.5)),
-                                            project_terminology(SMALL_ORGAN_REGION)))
+                    box_labels.append(Label(k + 1, f"{r['label']} region {k + 1}",
+                                            colors.get(r["value"], (0.5, 0.5, 0.5)),
+                                            project_terminology(SMALL_ORGAN_REGION_CODE)))
                 box_img = sitk.GetImageFromArray(boxes)
                 box_img.CopyInformation(label_img)
                 write_segmentation(box_img, box_labels, staged.stage(outs["rois_segmentation"]))

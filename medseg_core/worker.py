@@ -16,8 +16,9 @@ Requests::
 
 Each request's ``args`` are checked by the command's request type (``medseg_core.commands``), as
 the CLI's options are: a bad or unknown argument gets an ``error`` event (code 2) and the worker
-goes on serving. A loaded model (and its device's warm-up) is reused by later ``segment`` requests for the same
-package, device and batch size; a ``finetune`` that creates a new model leaves the cache as is.
+goes on serving. A loaded model (and its device's warm-up) is reused by later ``segment``
+requests for the same package, device and batch size; a ``finetune`` that creates a new model
+leaves the cache as is.
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ libraries are never compared index by index.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -179,11 +177,15 @@ def under_transform(node, matrix):
 
 
 def installed_models():
+    """The module's ``ModelInfo`` of each installed model, from the engine's ``models_json`` (what
+    ``medseg models --json`` prints), read in this process."""
+    import json
+
     from SlicerMedSegLib.Models import parse_models_json
 
-    text = subprocess.run([sys.executable, "-m", "medseg_core", "models", "--json"], check=True,
-                          capture_output=True, text=True).stdout
-    return {m.name: m for m in parse_models_json(text)}
+    from medseg_core.commands import models_json
+
+    return {m.name: m for m in parse_models_json(json.dumps(models_json()))}
 
 
 def load_case(case, transform, model, **options):

@@ -40,11 +40,20 @@ def text(option: str, value) -> str:
     return value
 
 
+def path(option: str, value) -> str:
+    """A path as text (``str`` or ``os.PathLike``), not empty."""
+    return text(option, str(value) if hasattr(value, "__fspath__") else value)
+
+
+def optional_path(option: str, value) -> str | None:
+    return None if value is None else path(option, value)
+
+
 def paths(option: str, value) -> list[str]:
     """A non-empty list of path texts (one text alone is refused: a list is asked for)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise InputError(f"{option} {value!r}: expected a non-empty list of paths")
-    return [text(option, str(v) if hasattr(v, "__fspath__") else v) for v in value]
+    return [path(option, v) for v in value]
 
 
 def number(option: str, value) -> float:

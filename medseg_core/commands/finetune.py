@@ -37,8 +37,7 @@ class FinetuneRequest:
         for case in self.cases:
             if isinstance(case, (str, bytes)) or not isinstance(case, (list, tuple)) or len(case) != 2:
                 raise InputError(f"finetune: case {case!r}: expected an [image, label] pair")
-            pairs.append((checks.text("--image", str(case[0]) if hasattr(case[0], "__fspath__") else case[0]),
-                          checks.text("--label", str(case[1]) if hasattr(case[1], "__fspath__") else case[1])))
+            pairs.append((checks.path("--image", case[0]), checks.path("--label", case[1])))
         self.cases = pairs
         self.steps = None if self.steps is None else checks.count("--steps", self.steps)
         if self.lr is not None:

@@ -39,7 +39,7 @@ class SegmentRequest:
     def __post_init__(self):
         self.inputs = checks.paths("INPUT", self.inputs)
         self.model = checks.text("--model", self.model)
-        self.output = checks.text("--output", str(self.output) if hasattr(self.output, "__fspath__") else self.output)
+        self.output = checks.path("--output", self.output)
         self.device = checks.device("--device", self.device)
         self.overwrite = checks.flag("--overwrite", self.overwrite)
         self.batch_size = checks.count("--batch-size", self.batch_size)

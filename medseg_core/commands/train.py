@@ -44,11 +44,10 @@ class TrainRequest:
     command: str = ""
 
     def __post_init__(self):
-        self.config = checks.text("--config", _text(self.config))
-        self.run = checks.text("--run", _text(self.run))
+        self.config = checks.path("--config", self.config)
+        self.run = checks.path("--run", self.run)
         for name in ("data", "cache", "split", "export"):
-            value = getattr(self, name)
-            setattr(self, name, None if value is None else checks.text(f"--{name}", _text(value)))
+            setattr(self, name, checks.optional_path(f"--{name}", getattr(self, name)))
         self.resume = checks.flag("--resume", self.resume)
         self.preprocess_only = checks.flag("--preprocess-only", self.preprocess_only)
         self.device = checks.device("--device", self.device)
@@ -61,17 +60,13 @@ class TrainRequest:
         self.command = str(self.command)
 
 
-def _text(value):
-    return str(value) if hasattr(value, "__fspath__") else value
-
-
 def run_train(request: TrainRequest, progress: str = "bar", callback: Callable | None = None, log=print):
     """Train (or only build the cache); returns the ``TrainResult`` (``None`` for ``preprocess_only``)."""
     from ..training.config import TrainConfig
     from ..training.trainer import train
 
     config = TrainConfig.read(request.config)
-    if request.steps:
+    if request.steps is not None:
         config.steps = request.steps
     if request.time_budget is not None:
         config.time_budget_s = request.time_budget or None

@@ -43,9 +43,9 @@ ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
 RT_TARGET = ("DCM", "130041", "RT Target")
 MODEL_REVIEW = ("99MEDSEG", "100", "Model review")
-LOW_CONFIDENCE = ("99MEDSEG", "101", "Low confidence")
-SMALL_ORGAN_REGION = ("99MEDSEG", "102", "Small-organ region")
-MODEL_LABEL = ("99MEDSEG", "103", "Model label")
+LOW_CONFIDENCE_CODE = ("99MEDSEG", "101", "Low confidence")
+SMALL_ORGAN_REGION_CODE = ("99MEDSEG", "102", "Small-organ region")
+MODEL_LABEL_CODE = ("99MEDSEG", "103", "Model label")
 RIGHT = ("SCT", "24028007", "Right")
 LEFT = ("SCT", "7771000", "Left")
 
@@ -84,7 +84,7 @@ _ENTRIES: dict[str, _Entry] = {
     "GTV": _Entry(_M, RT_TARGET, ("SCT", "228791009", "GTV"), (255, 0, 0), aliases=("Gross tumor volume",)),
     "CTV": _Entry(_M, RT_TARGET, ("SCT", "228792002", "CTV"), (255, 140, 0), aliases=("Clinical target volume",)),
     "PTV": _Entry(_M, RT_TARGET, ("SCT", "228793007", "PTV"), (0, 170, 255), aliases=("Planning target volume",)),
-    "Low confidence": _Entry(_M, MODEL_REVIEW, LOW_CONFIDENCE, (255, 217, 0)),
+    "Low confidence": _Entry(_M, MODEL_REVIEW, LOW_CONFIDENCE_CODE, (255, 217, 0)),
 }
 
 #: Fallback colours (RGB 0..255), from 3D Slicer's generic anatomy colours, picked by index.
@@ -120,8 +120,8 @@ _DOSE_LEVEL = re.compile(r"^(gtv|ctv|ptv)\d+$")  # "PTV70": a target at a dose l
 
 def _lookup(name: str) -> tuple[_Entry, tuple[str, str, str] | None] | None:
     key = name_key(name)
-    if key not in _INDEX and _DOSE_LEVEL.match(key):
-        key = _DOSE_LEVEL.match(key).group(1)
+    if key not in _INDEX and (dose := _DOSE_LEVEL.match(key)):
+        key = dose.group(1)
     return _INDEX.get(key)
 
 
@@ -150,11 +150,11 @@ def terminology_for(name: str) -> dict | None:
     return terminology
 
 
-def project_terminology(type_code: tuple[str, str, str] = MODEL_LABEL) -> dict:
+def project_terminology(type_code: tuple[str, str, str] = MODEL_LABEL_CODE) -> dict:
     """An entry of the project's own context (category "Model review"), for what no standard codes:
-    ``LOW_CONFIDENCE``, ``SMALL_ORGAN_REGION`` or ``MODEL_LABEL``.
+    ``LOW_CONFIDENCE_CODE``, ``SMALL_ORGAN_REGION_CODE`` or ``MODEL_LABEL_CODE``.
 
-    >>> project_terminology(SMALL_ORGAN_REGION)["type"]
+    >>> project_terminology(SMALL_ORGAN_REGION_CODE)["type"]
     ['99MEDSEG', '102', 'Small-organ region']
     """
     return {"contextName": MEDSEG_CONTEXT, "category": list(MODEL_REVIEW), "type": list(type_code),
@@ -168,7 +168,7 @@ def segment_terminology(name: str, terminology: dict | None = None) -> dict:
     >>> segment_terminology("PTV70")["type"][2], segment_terminology("Chiasm-ish")["type"][2]
     ('PTV', 'Model label')
     """
-    return dict(terminology) if terminology else (terminology_for(name) or project_terminology(MODEL_LABEL))
+    return dict(terminology) if terminology else (terminology_for(name) or project_terminology(MODEL_LABEL_CODE))
 
 
 def default_color(name: str, index: int) -> tuple[float, float, float]:

@@ -9,6 +9,6 @@ from medseg_core.metrics.overlap import (dice, dice_per_value, jaccard, overlap_
                                          volume_difference, volume_ml)
 from medseg_core.metrics.surface import assd, hausdorff_distance, hd95, surface_distances, surface_metrics
 
-__all__ = ["METRIC_NAMES", "assd", "compute_case_metrics", "dice", "dice_per_value", "hausdorff_distance", "hd95", "jaccard",
-           "overlap_metrics", "precision", "recall", "surface_distances", "surface_metrics", "volume_difference",
-           "volume_ml"]
+__all__ = ["METRIC_NAMES", "assd", "compute_case_metrics", "dice", "dice_per_value", "hausdorff_distance", "hd95",
+           "jaccard", "overlap_metrics", "precision", "recall", "surface_distances", "surface_metrics",
+           "volume_difference", "volume_ml"]

@@ -56,8 +56,23 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _coalesced(tensors, collective) -> None:
+    """Run ``collective`` in place on one flat tensor per dtype and device, then copy the result
+    back into ``tensors``: one call per group instead of one per tensor."""
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        collective(flat)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
 def average_gradients(parameters) -> None:
-    """Average the gradients of ``parameters`` over the ranks, in one all-reduce per dtype.
+    """Average the gradients of ``parameters`` over the ranks.
 
     Every rank must pass the same parameters in the same order; a parameter without a gradient
     here counts as a zero gradient (another rank may have one), and afterwards has one.
@@ -65,21 +80,16 @@ def average_gradients(parameters) -> None:
     if not active():
         return
     params = [p for p in parameters if p.requires_grad]
-    world = dist.get_world_size()
-    by_dtype: dict = {}
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        by_dtype.setdefault(p.grad.dtype, []).append(p)
-    for group in by_dtype.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
+    world = dist.get_world_size()
+
+    def mean(flat):
         dist.all_reduce(flat)
         flat /= world
-        offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
+
+    _coalesced([p.grad for p in params], mean)
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0, buffers_only: bool = False) -> None:
@@ -89,8 +99,7 @@ def broadcast_module(module: torch.nn.Module, src: int = 0, buffers_only: bool =
         return
     tensors = list(module.buffers()) if buffers_only else list(module.parameters()) + list(module.buffers())
     with torch.no_grad():
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src)
+        _coalesced([t.data for t in tensors], lambda flat: dist.broadcast(flat, src))
 
 
 def agree(value: float, device) -> float:

@@ -31,10 +31,10 @@ from ..metrics.overlap import dice_per_value
 from ..models import ModelCard, load_package, save_package
 from ..nets import build_network
 from . import distributed as dd
-from .schedule import lr_factor
 from .config import TrainConfig
 from .data import load_tensors, normalization_for, prepare_cache
 from .recipes import build_recipe
+from .schedule import lr_factor
 
 Progress = Callable[..., None]  # (stage, fraction, message="", eta_s=None), see medseg_core.progress
 
@@ -154,7 +154,8 @@ def train(config: TrainConfig, run_dir: str | Path, data_dir: str | Path | None 
     opt = make_optimizer(recipe.parameters(net))
     clock = _Clock(config)
     progress_now = {"fraction": 0.0}  # how far the run is, as the ranks agree (see the loop)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, progress_now["fraction"], config.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, progress_now["fraction"], config.warmup_steps))
     step, best, history = 0, -1.0, []
     last = run_dir / "last"
     if resume and (last / "state.json").is_file():
