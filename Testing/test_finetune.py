@@ -25,7 +25,8 @@ import torch
 
 from medseg_core.data.phantom import PHANTOM_LABELS, make_phantom
 from medseg_core.errors import InputError
-from medseg_core.finetune import FinetuneResult, finetune, read_correction
+from medseg_core.io.corrections import read_correction
+from medseg_core.training.finetune import FinetuneResult, finetune
 from medseg_core.labels import name_key
 from medseg_core.io import write_segmentation
 from medseg_core.labels import Label

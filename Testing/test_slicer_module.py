@@ -174,10 +174,6 @@ def test_cancel_ends_the_whole_tree_even_a_grandchild_that_ignores_sigterm(tmp_p
 
 
 def test_finetune_through_the_runner_and_the_new_model_is_listed(tmp_path):
-    try:
-        importlib.import_module("medseg_core.finetune")
-    except ImportError as exc:
-        pytest.skip(f"medseg finetune is not available yet: {exc}")
     from medseg_core.data.phantom import make_phantom
     from medseg_core.io import write_segmentation
     from medseg_core.labels import Label

@@ -72,14 +72,12 @@ def heldout_dice(predictor, cases: list[dict], names: dict[int, str]) -> tuple[f
     """Mean over organs of the per-organ mean Dice over the cases that contain the organ."""
     import numpy as np
 
-    from medseg_core.finetune import _dice_per_label
+    from medseg_core.metrics.overlap import dice_per_value
 
     per = {v: [] for v in names}
     for c in cases:
-        out = predictor.predict_array(c["image"])
-        probs = out[0] if isinstance(out, tuple) else out
-        labels = np.asarray(probs).argmax(0)
-        for v, d in _dice_per_label(labels, c["label"], list(names)).items():
+        labels = np.asarray(predictor.predict_array(c["image"])[0]).argmax(0)
+        for v, d in dice_per_value(labels, c["label"], list(names)).items():
             per[v].append(d)
     per_label = {names[v]: float(np.mean(d)) for v, d in per.items() if d}
     return float(np.mean(list(per_label.values()))), per_label
@@ -118,7 +116,7 @@ def run(a, home: str) -> int:
     import SimpleITK as sitk
     import torch
 
-    from medseg_core.finetune import DEFAULT_LR, DEFAULT_STEPS, finetune
+    from medseg_core.training.finetune import DEFAULT_LR, DEFAULT_STEPS, finetune
     from medseg_core.inference.predictor import Predictor
     from medseg_core.models import find_model, load_package
 

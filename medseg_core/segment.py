@@ -11,7 +11,6 @@ nothing partial behind.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,17 +25,6 @@ from .labels import Label
 LOW_CONFIDENCE = "Low confidence"
 CONFIDENCE_STEPS = 1024  # the stored confidence map is quantised to multiples of 1/CONFIDENCE_STEPS
 LOW_CONFIDENCE_COLOR = (1.0, 0.85, 0.0)
-
-
-def channel_paths(path: Path, n_channels: int) -> list[Path]:
-    """The files of a multi-channel case: ``CASE_0000.ext`` names its siblings ``CASE_0001.ext``..."""
-    if n_channels == 1:
-        return [path]
-    m = re.match(r"^(.*)_0000(\..+)$", path.name)
-    if not m:
-        raise InputError(f"{path}: the model takes {n_channels} channels; name the first CASE_0000.ext "
-                         f"and put CASE_0001.ext ... beside it")
-    return [path.with_name(f"{m.group(1)}_{c:04d}{m.group(2)}") for c in range(n_channels)]
 
 
 def volumes_ml(labels: np.ndarray, spacing, names: dict[int, str]) -> dict[str, float]:
@@ -64,7 +52,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     from .inference.confidence import low_confidence_mask, mean_per_label
     from .inference.predictor import Predictor
     from .inference.regions import box_mask, component_regions
-    from .io import (OutputSet, check_writable_dir, is_constant, read_image, write_float_volume, write_labelmap,
+    from .io import (OutputSet, check_writable_dir, is_constant, read_channels, write_float_volume, write_labelmap,
                      write_segmentation)
     from .io.terminology import SMALL_ORGAN_REGION_CODE, project_terminology
     from .models import find_model
@@ -102,11 +90,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     for i, (path, stem) in enumerate(zip(inputs, stems)):
         report_cb("read", i / len(inputs), f"reading {path.name}")
         t = time.perf_counter()
-        paths = channel_paths(path, len(card.channels))
-        images = [read_image(p) for p in paths]
-        for p, im in zip(paths[1:], images[1:]):
-            if im.GetSize() != images[0].GetSize():
-                raise InputError(f"{p}: channel grid {im.GetSize()} differs from {images[0].GetSize()}")
+        images = read_channels(path, len(card.channels))
         seconds = {"load_model": round(pred.load_seconds, 3) if i == 0 and fresh_load else 0.0,
                    "read": time.perf_counter() - t}
         warnings = []

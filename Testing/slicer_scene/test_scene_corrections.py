@@ -18,7 +18,7 @@ def test_an_edit_exported_for_finetuning_reaches_the_engine_voxel_for_voxel(mrml
     import slicer
     from SlicerMedSegLib import SceneLoader
 
-    from medseg_core.finetune import read_correction
+    from medseg_core.io.corrections import read_correction
     from medseg_core.io import read_image
     from medseg_core.models import find_model
 

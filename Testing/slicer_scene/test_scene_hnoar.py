@@ -24,7 +24,7 @@ def test_a_real_head_and_neck_ct_under_a_rotated_transform(mrml, tmp_path):
     import slicer
     from SlicerMedSegLib import Commands, SceneLoader
 
-    from medseg_core.finetune import read_correction
+    from medseg_core.io.corrections import read_correction
     from medseg_core.io import read_image
     from medseg_core.models import find_model
 

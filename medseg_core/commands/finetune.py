@@ -55,7 +55,7 @@ class FinetuneRequest:
 
 def run_finetune(request: FinetuneRequest, progress: Callable | None = None):
     """Fine-tune and save the new model; returns the ``FinetuneResult``."""
-    from ..finetune import finetune
+    from ..training.finetune import finetune
 
     return finetune(request.model, request.cases, steps=request.steps, lr=request.lr, name=request.name,
                     device=request.device, progress=progress)

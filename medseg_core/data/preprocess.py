@@ -17,7 +17,7 @@ input-sized arrays whatever the number of classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk

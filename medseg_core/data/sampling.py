@@ -3,7 +3,10 @@
 With probability ``fg_fraction`` a patch is centred on a voxel of a foreground class chosen
 *uniformly among classes* (not in proportion to their voxels), in a case that contains it, so a
 structure of a few hundred voxels is seen as often as a large organ; otherwise the centre is
-uniform in a random case. Everything runs in torch on the cases' device, so on a GPU the whole
+uniform in a random case. Fine-tuning adds *focus points* (where the parent model disagrees with
+the user's correction): a share ``focus_fraction`` of the patches is centred on one of them,
+jittered by up to a quarter patch so the edited boundary is seen at different positions in the
+window. Everything runs in torch on the cases' device, so on a GPU the whole
 pipeline stays on the GPU.
 """
 
@@ -24,11 +27,14 @@ class PatchSampler:
         fg_fraction: share of patches centred on foreground.
         annotated: per case, the foreground classes contoured in it (default: those present).
         seed: the generator's seed (give each distributed rank its own).
+        focus: per case, (M, nd) voxel indices to centre patches on (fine-tuning's errors).
+        focus_fraction: share of patches centred on a focus point (when any case has one).
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int,
                  patch_size: tuple[int, ...], fg_fraction: float = 0.67,
-                 annotated: list[list[int]] | None = None, seed: int = 0):
+                 annotated: list[list[int]] | None = None, seed: int = 0,
+                 focus: list[torch.Tensor] | None = None, focus_fraction: float = 0.0):
         self.images, self.labels = images, labels
         self.num_classes = num_classes
         self.patch = tuple(int(p) for p in patch_size)
@@ -40,9 +46,7 @@ class PatchSampler:
             for c in range(1, num_classes):
                 idx = torch.nonzero(lab == c)
                 if len(idx):
-                    if len(idx) > MAX_LOCATIONS:
-                        idx = idx[torch.randperm(len(idx), generator=self.gen)[:MAX_LOCATIONS].to(idx.device)]
-                    locs[c] = idx.cpu()
+                    locs[c] = self._subsample(idx).cpu()
             self.locations.append(locs)
         self.cases_with = {c: [i for i, l in enumerate(self.locations) if c in l] for c in range(1, num_classes)}
         ann = annotated if annotated is not None else [sorted(l) for l in self.locations]
@@ -50,11 +54,25 @@ class PatchSampler:
         self.annotated[:, 0] = True
         for i, cls in enumerate(ann):
             self.annotated[i, list(cls)] = True
+        self.focus = [self._subsample(idx.cpu()) for idx in (focus or [])]
+        self.focus_cases = [i for i, f in enumerate(self.focus) if len(f)]
+        self.focus_fraction = focus_fraction
+
+    def _subsample(self, idx: torch.Tensor) -> torch.Tensor:
+        if len(idx) > MAX_LOCATIONS:
+            idx = idx[torch.randperm(len(idx), generator=self.gen)[:MAX_LOCATIONS].to(idx.device)]
+        return idx
 
     def _randint(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.gen))
 
     def _centre(self) -> tuple[int, list[int]]:
+        if self.focus_cases and float(torch.rand(1, generator=self.gen)) < self.focus_fraction:
+            case = self.focus_cases[self._randint(len(self.focus_cases))]
+            centre = self.focus[case][self._randint(len(self.focus[case]))].tolist()
+            jitter = [int(torch.randint(-(p // 4), p // 4 + 1, (1,), generator=self.gen)) for p in self.patch]
+            shape = self.labels[case].shape
+            return case, [min(max(c + j, 0), s - 1) for c, j, s in zip(centre, jitter, shape)]
         classes = [c for c, cases in self.cases_with.items() if cases]
         if classes and float(torch.rand(1, generator=self.gen)) < self.fg_fraction:
             c = classes[self._randint(len(classes))]

@@ -1,9 +1,10 @@
 """Extra output maps of the papers' networks, made window-independent for sliding windows.
 
-A network's ``SegOutput`` may carry a confidence logit (difficulty-aware network), small-organ
-centre heatmaps (FocusNet's SOL-Net) or keypoint heatmaps with box distances (L-SNet, at quarter
-resolution). :class:`Heads` turns them into full-resolution channels that can be blended across
-windows like the class probabilities, and tells what each channel is:
+A network declares what its ``SegOutput`` carries (:class:`~medseg_core.nets.output.OutputHeads`):
+a confidence logit (difficulty-aware network), small-organ centre heatmaps (FocusNet's SOL-Net)
+or keypoint heatmaps with box distances (L-SNet, at quarter resolution). :class:`Heads` turns
+them into full-resolution channels that can be blended across windows like the class
+probabilities, and tells what each channel is:
 
 * ``confidence``: one channel, a logit (the sigmoid is applied after blending);
 * ``heatmap``: one channel per small organ (FocusNet) or per class (L-SNet), probabilities;
@@ -34,22 +35,14 @@ class Heads:
         return int(self.confidence) + self.heatmaps + self.distances
 
     @classmethod
-    def of(cls, net: torch.nn.Module, num_classes: int) -> "Heads":
-        """What ``net`` produces, read from its attributes."""
-        heads = cls(confidence=getattr(net, "confidence_net", None) is not None)
-        if getattr(net, "small_organs", None) and getattr(net, "roi_sizes", None) is not None:  # FocusNet
-            heads.heatmaps = len(net.small_organs)
-            heads.heatmap_classes = [int(c) for c in net.small_organs]
-            heads.threshold = float(getattr(net, "heatmap_threshold", 0.6))
-            heads.roi_sizes = [list(map(int, r)) for r in net.roi_sizes]
-        elif hasattr(net, "decode_boxes") and hasattr(net, "score_threshold"):  # L-SNet
-            per_class = bool(getattr(net, "heatmap_per_class", True))
-            heads.heatmaps = num_classes - 1 if per_class else 1
-            heads.heatmap_classes = list(range(1, num_classes)) if per_class else [0]
-            heads.distances = 2 * net.spatial_dims
-            heads.threshold = float(net.score_threshold)
-            heads.stride = 4
-        return heads
+    def of(cls, net) -> "Heads":
+        """What ``net`` produces, as it declares it
+        (:meth:`~medseg_core.nets.base.SegNetwork.output_heads`)."""
+        spec = net.output_heads()
+        return cls(confidence=spec.confidence, heatmaps=len(spec.heatmap_classes),
+                   distances=2 * int(net.spatial_dims) if spec.box_distances else 0, heatmap_classes=list(spec.heatmap_classes),
+                   threshold=float(spec.threshold), roi_sizes=[list(r) for r in spec.roi_sizes],
+                   stride=int(spec.stride))
 
     def channels(self, out, size: tuple[int, ...]) -> list[torch.Tensor]:
         """The extra channels of one window batch, at the window's size ``size``."""

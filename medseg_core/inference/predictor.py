@@ -71,7 +71,7 @@ class Predictor:
         self.card = package.card
         self.device = resolve_device(device)
         self.net = package.build(self.device)
-        self.heads = Heads.of(self.net, self.card.num_classes)
+        self.heads = Heads.of(self.net)
         self.has_confidence_head = self.heads.confidence
         # bf16 autocast on CUDA and on CPUs that compute it natively (it halves the sliding window
         # there; on 33 HNOAR validation cases it changed the mean Dice by < 0.001, docs/results.md)
@@ -192,7 +192,7 @@ class Predictor:
         pre = self.preprocessor(images)
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        if box is not None and hasattr(self.net, "decode_boxes"):  # L-SNet: its S-Net on the user's box
+        if box is not None and self.net.output_heads().box_prompt:  # L-SNet: its S-Net on the user's box
             probs, extras, passes = self._lsnet_on_box(pre.image, pre.grid, roi_mm), {}, 1
         else:
             probs, extras, passes = self.predict_array(pre.image, tta)

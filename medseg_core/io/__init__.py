@@ -11,9 +11,10 @@ from importlib import import_module
 
 _EXPORTS = {
     "OutputSet": "atomic", "atomic_output": "atomic", "check_writable_dir": "atomic",
-    "array_to_image": "image", "is_constant": "image", "read_image": "image", "write_float_volume": "image",
+    "array_to_image": "image", "channel_paths": "image", "is_constant": "image", "read_channels": "image",
+    "read_image": "image", "write_float_volume": "image",
     "write_image": "image", "write_labelmap": "image",
-    "read_segmentation": "segmentation", "write_segmentation": "segmentation",
+    "read_correction": "corrections", "read_segmentation": "segmentation", "write_segmentation": "segmentation",
     "default_color": "terminology", "terminology_for": "terminology",
     "OUTPUT_SUFFIXES": "naming", "output_paths": "naming", "stem_of": "naming",
 }

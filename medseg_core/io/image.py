@@ -113,6 +113,28 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return _check_volume(image, path)
 
 
+def channel_paths(path: Path, n_channels: int) -> list[Path]:
+    """The files of a multi-channel case: ``CASE_0000.ext`` names its siblings ``CASE_0001.ext``..."""
+    path = Path(path)
+    if n_channels == 1:
+        return [path]
+    m = re.match(r"^(.*)_0000(\..+)$", path.name)
+    if not m:
+        raise InputError(f"{path}: the model takes {n_channels} channels; name the first CASE_0000.ext "
+                         f"and put CASE_0001.ext ... beside it")
+    return [path.with_name(f"{m.group(1)}_{c:04d}{m.group(2)}") for c in range(n_channels)]
+
+
+def read_channels(path: str | os.PathLike, n_channels: int) -> list[sitk.Image]:
+    """A case's channels (see :func:`channel_paths`), all on the first one's grid."""
+    paths = channel_paths(Path(path), n_channels)
+    images = [read_image(p) for p in paths]
+    for p, im in zip(paths[1:], images[1:]):
+        if im.GetSize() != images[0].GetSize():
+            raise InputError(f"{p}: channel grid {im.GetSize()} differs from {images[0].GetSize()}")
+    return images
+
+
 def is_constant(image: sitk.Image) -> bool:
     """Tells whether every voxel of a scalar image has the same value.
 

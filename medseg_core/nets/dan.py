@@ -18,37 +18,9 @@ from torch import nn
 from . import factories as fx
 from .output import SegOutput
 from .registry import register
-from .unet import UNet, match_size
-
-
-class ResUnit(nn.Module):
-    """Residual unit: conv-norm-act-conv-norm plus a shortcut, then activation (He et al. 2016).
-
-    The shortcut is a 1x1 convolution (+ norm) when channels or stride change, else identity.
-    ``dilation`` applies to both 3x3 convolutions (the dilated bottleneck).
-
-    Shapes: (B, in_ch, *S) -> (B, out_ch, *ceil(S / stride)).
-    """
-
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride=1, dilation: int = 1,
-                 norm: str = "instance", act: str = "leakyrelu"):
-        super().__init__()
-        bias = norm == "none"
-        self.body = nn.Sequential(
-            fx.conv(spatial_dims, in_ch, out_ch, 3, stride=stride, dilation=dilation, bias=bias),
-            fx.norm(spatial_dims, norm, out_ch),
-            fx.act(act),
-            fx.conv(spatial_dims, out_ch, out_ch, 3, dilation=dilation, bias=bias),
-            fx.norm(spatial_dims, norm, out_ch),
-        )
-        needs_proj = in_ch != out_ch or stride != 1
-        self.shortcut = (nn.Sequential(fx.conv(spatial_dims, in_ch, out_ch, 1, stride=stride, bias=bias),
-                                       fx.norm(spatial_dims, norm, out_ch))
-                         if needs_proj else nn.Identity())
-        self.act = fx.act(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+from .base import SegNetwork
+from .output import OutputHeads
+from .unet import ResBlock, UNet, UNetBody
 
 
 class ChannelAttentionFusion(nn.Module):
@@ -74,18 +46,18 @@ class ChannelAttentionFusion(nn.Module):
         return torch.cat([skip * self.gate(pooled), up], dim=1)
 
 
-class DANSegNet(nn.Module):
+class DANSegNet(UNetBody):
     """The enhanced U-Net of the difficulty-aware network.
 
-    Residual units at every level, a dilated residual bottleneck, channel-attention skip fusion and
-    deep supervision at three scales (full, 1/2, 1/4).
+    Residual blocks at every level, a dilated residual bottleneck, channel-attention skip fusion
+    and deep supervision at three scales (full, 1/2, 1/4).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels.
         out_channels: classes including background.
         features: channels per level, finest first (at least 3 levels; stride 2 between levels).
-        dilations: one dilated residual unit per entry at the deepest level.
+        dilations: one dilated residual block per entry at the deepest level.
         attention_reduction: channel reduction inside the attention gate.
         norm, act: layer names for :mod:`medseg_core.nets.factories`.
 
@@ -97,41 +69,27 @@ class DANSegNet(nn.Module):
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128), dilations: Sequence[int] = (2, 4),
                  attention_reduction: int = 4, norm: str = "instance", act: str = "leakyrelu"):
-        super().__init__()
-        n = len(features)
-        if n < 3:
+        if len(features) < 3:
             raise ValueError("DANSegNet needs at least 3 levels for deep supervision at 1/2 and 1/4")
-        nd = spatial_dims
-        self.encoder = nn.ModuleList([ResUnit(nd, in_channels, features[0], 1, 1, norm, act)])
-        for i in range(1, n):
-            self.encoder.append(ResUnit(nd, features[i - 1], features[i], 2, 1, norm, act))
-        self.bottleneck = nn.Sequential(*[ResUnit(nd, features[-1], features[-1], 1, d, norm, act)
+        super().__init__(spatial_dims, in_channels, features, norm=norm, act=act, residual=True)
+        nd, features = spatial_dims, self.features
+        self.bottleneck = nn.Sequential(*[ResBlock(nd, features[-1], features[-1], 1, norm, act, dilation=d)
                                           for d in dilations])
-        self.up = nn.ModuleList()
-        self.fuse = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for i in range(n - 1, 0, -1):
-            self.up.append(fx.conv_transpose(nd, features[i], features[i - 1]))
-            self.fuse.append(ChannelAttentionFusion(nd, features[i - 1], features[i - 1], attention_reduction))
-            self.decoder.append(ResUnit(nd, 2 * features[i - 1], features[i - 1], 1, 1, norm, act))
+        self.fuse = nn.ModuleList([ChannelAttentionFusion(nd, features[i - 1], features[i - 1], attention_reduction)
+                                   for i in range(len(features) - 1, 0, -1)])
         self.head = fx.conv(nd, features[0], out_channels, 1)
         self.ds_heads = nn.ModuleList([fx.conv(nd, features[1], out_channels, 1),
                                        fx.conv(nd, features[2], out_channels, 1)])
 
+    def join(self, level: int, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The skip gated by channel attention, then concatenated."""
+        return self.fuse[level](skip, up)
+
     def forward(self, x: torch.Tensor) -> SegOutput:
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-        x = self.bottleneck(skips.pop())
-        levels = [x]  # bottleneck, then each decoder level: coarsest first, the last at full size
-        for up, fuse, dec in zip(self.up, self.fuse, self.decoder):
-            skip = skips.pop()
-            x = dec(fuse(skip, match_size(up(x), skip)))
-            levels.append(x)
+        levels = self.levels(x)  # bottleneck, then each decoder level: coarsest first, the last at full size
         # levels[-2] is at 1/2, levels[-3] at 1/4 (the bottleneck itself when there are 3 levels)
         ds = [self.ds_heads[0](levels[-2]), self.ds_heads[1](levels[-3])]
-        return SegOutput(logits=self.head(x), deep_supervision=ds)
+        return SegOutput(logits=self.head(levels[-1]), deep_supervision=ds)
 
 
 class ConfidenceNet(nn.Module):
@@ -161,7 +119,7 @@ class ConfidenceNet(nn.Module):
 
 
 @register("dan")
-class DAN(nn.Module):
+class DAN(SegNetwork):
     """Segmentation network plus confidence network (difficulty-aware network with confidence
     learning).
 
@@ -204,6 +162,9 @@ class DAN(nn.Module):
     def confidence(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Confidence logits (B, 1, *S) for an image and class probabilities or one-hot labels."""
         return self.confidence_net(x, probs)
+
+    def output_heads(self) -> OutputHeads:
+        return OutputHeads(confidence=True)
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         out = self.seg_net(x)

@@ -28,7 +28,8 @@ from . import factories as fx
 from .focusnet_parts import (SOLHead, SOSNet, crop_roi, fuse_small_organs, heatmap_peaks, paste_roi,
                              per_axis, roi_mask, roi_start)
 from .layers import DenseASPP, PreActSEResBlock
-from .output import SegOutput
+from .base import SegNetwork
+from .output import OutputHeads, SegOutput
 from .registry import register
 
 #: Fill value of the pasted SOS logit maps outside their ROI (finite in float16).
@@ -97,7 +98,7 @@ class SNet(nn.Module):
 
 
 @register("focusnet")
-class FocusNet(nn.Module):
+class FocusNet(SegNetwork):
     """FocusNet for head-and-neck organs at risk, 3D (2D also works: per-axis settings lose their
     first axis).
 
@@ -240,6 +241,11 @@ class FocusNet(nn.Module):
         return self
 
     # ---------------------------------------------------------------- forward
+    def output_heads(self) -> OutputHeads:
+        """SOL-Net heatmaps, one per small organ, and the region each SOS-Net segments."""
+        return OutputHeads(heatmap_classes=tuple(self.small_organs), threshold=self.heatmap_threshold,
+                           roi_sizes=tuple(tuple(r) for r in self.roi_sizes))
+
     def forward(self, x: torch.Tensor, centers: torch.Tensor | None = None) -> SegOutput:
         snet_logits, feat, first = self.snet(x)
         extras = {"snet_logits": snet_logits}
@@ -250,7 +256,7 @@ class FocusNet(nn.Module):
             return SegOutput(logits=snet_logits, heatmaps=heatmaps, extras=extras)
 
         shape = x.shape[2:]
-        b, k = x.shape[0], len(self.small_organs)
+        b = x.shape[0]
         peaks, scores = heatmap_peaks(heatmaps)
         if centers is not None:
             centers = torch.as_tensor(centers, device=peaks.device).long()

@@ -147,6 +147,6 @@ class LFAMUNet(UNet):
         self.lfam = nn.ModuleList([LFAM(spatial_dims, features[i - 1], offset_groups, offset_channels,
                                         shared=self.shared_alignment) for i in range(len(features) - 1, 0, -1)])
 
-    def fuse(self, level: int, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def join(self, level: int, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """The skip aligned to the up-sampled feature by this level's LFAM, then concatenated."""
         return torch.cat([self.lfam[level](skip, up, self.shared_alignment), up], dim=1)

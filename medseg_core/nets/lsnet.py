@@ -27,45 +27,15 @@ from torch import nn
 
 from . import factories as fx
 from .grad_scale import grad_scale
-from .output import SegOutput
+from .base import SegNetwork
+from .output import OutputHeads, SegOutput
 from .registry import register
 from .roi_align import expand_boxes, roi_crop, roi_paste
-from .unet import ConvUnit, DoubleConv, UNet, match_size
+from .unet import ConvUnit, UNet, UNetBody
 
 STRIDE = 4
 #: Background logit margin outside every region: softmax gives foreground ~4.5e-5 there.
 OUTSIDE_LOGIT = 10.0
-
-
-class UNetTrunk(nn.Module):
-    """A U-Net without a head: returns the finest decoder feature map, ``features[0]`` channels.
-
-    Shapes: (B, in_ch, *S) -> (B, features[0], *S), any S.
-    """
-
-    def __init__(self, spatial_dims: int, in_ch: int, features: Sequence[int], norm="instance",
-                 act="leakyrelu"):
-        super().__init__()
-        n = len(features)
-        self.encoder = nn.ModuleList([DoubleConv(spatial_dims, in_ch, features[0], 1, norm, act)])
-        for i in range(1, n):
-            self.encoder.append(DoubleConv(spatial_dims, features[i - 1], features[i], 2, norm, act))
-        self.up = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for i in range(n - 1, 0, -1):
-            self.up.append(fx.conv_transpose(spatial_dims, features[i], features[i - 1]))
-            self.decoder.append(DoubleConv(spatial_dims, 2 * features[i - 1], features[i - 1], 1, norm, act))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-        x = skips.pop()
-        for up, dec in zip(self.up, self.decoder):
-            skip = skips.pop()
-            x = dec(torch.cat([skip, match_size(up(x), skip)], dim=1))
-        return x
 
 
 # --------------------------------------------------------------------------- keypoints
@@ -168,7 +138,7 @@ def extract_keypoints(heatmap: torch.Tensor, threshold: float = 0.3, max_per_ite
 
 
 @register("lsnet")
-class LSNet(nn.Module):
+class LSNet(SegNetwork):
     """L-SNet for 2D or 3D: localise (L-Net), recalibrate, segment each region (S-Net).
 
     Args:
@@ -235,7 +205,7 @@ class LSNet(nn.Module):
         # L-Net
         self.stem = nn.Sequential(ConvUnit(nd, in_channels, max(f0 // 2, 1), 2, norm, act),
                                   ConvUnit(nd, max(f0 // 2, 1), f0, 2, norm, act))
-        self.lnet = UNetTrunk(nd, f0, lnet_features, norm, act)
+        self.lnet = UNetBody(nd, f0, lnet_features, norm=norm, act=act)
         n_heat = out_channels - 1 if heatmap_per_class else 1
         self.heatmap_head = nn.Sequential(ConvUnit(nd, f0, f0, 1, norm, act), fx.conv(nd, f0, n_heat, 1))
         self.distance_head = nn.Sequential(ConvUnit(nd, f0, f0, 1, norm, act), fx.conv(nd, f0, 2 * nd, 1))
@@ -247,6 +217,13 @@ class LSNet(nn.Module):
                          norm=norm, act=act)
 
     # ------------------------------------------------------------------ parts
+
+    def output_heads(self) -> OutputHeads:
+        """Keypoint heatmaps (one per foreground class, or ``[0]``) and box distances at stride 4;
+        ``forward(x, boxes=...)`` segments given boxes."""
+        classes = tuple(range(1, self.out_channels)) if self.heatmap_per_class else (0,)
+        return OutputHeads(heatmap_classes=classes, box_distances=True, threshold=self.score_threshold,
+                           stride=STRIDE, box_prompt=True)
 
     def localise(self, x: torch.Tensor):
         """L-Net: (decoder features, heatmap logits, distances), all at quarter resolution."""

@@ -28,3 +28,29 @@ class SegOutput:
     rois: list | None = None
     confidence: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputHeads:
+    """What a network's :class:`SegOutput` carries beside ``logits``, as the network declares it
+    (:meth:`SegNetwork.output_heads`), so the predictor never guesses from attribute names.
+
+    Attributes:
+        confidence: ``SegOutput.confidence`` holds one confidence logit per voxel (DAN).
+        heatmap_classes: the label value of each ``SegOutput.heatmaps`` channel (FocusNet's
+            SOL-Net: its small organs; L-SNet: every foreground class, or ``[0]`` for one
+            channel of any organ). Empty: no heatmaps.
+        box_distances: ``SegOutput.boxes`` holds 2 x spatial_dims distances to the box sides (L-SNet).
+        threshold: the heatmap value above which an organ is taken as present.
+        roi_sizes: per heatmap channel, the region side in voxels the network segments (FocusNet).
+        stride: the heatmaps' and distances' down-sampling (L-SNet: 4).
+        box_prompt: ``forward(x, boxes=...)`` segments given boxes (L-SNet's S-Net on a user box).
+    """
+
+    confidence: bool = False
+    heatmap_classes: tuple[int, ...] = ()
+    box_distances: bool = False
+    threshold: float = 0.5
+    roi_sizes: tuple[tuple[int, ...], ...] = ()
+    stride: int = 1
+    box_prompt: bool = False

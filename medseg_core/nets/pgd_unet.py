@@ -36,6 +36,7 @@ from torch import nn
 
 from . import factories as fx
 from .layers import ASPP, CoordPool, DeformConv, add_coords
+from .base import SegNetwork
 from .output import SegOutput
 from .registry import register
 from .unet import ConvUnit, match_size
@@ -72,7 +73,7 @@ class GuidedDeformUnit(nn.Module):
 
 
 @register("pgd_unet")
-class PGDUNet(nn.Module):
+class PGDUNet(SegNetwork):
     """Position-guided deformable U-Net, 2D or 3D.
 
     Args:

@@ -13,6 +13,10 @@ def register(name: str):
     """Class decorator: ``@register("unet")`` makes ``build_network("unet", **kw)`` work."""
 
     def deco(cls):
+        from .base import SegNetwork
+
+        if not issubclass(cls, SegNetwork):
+            raise TypeError(f"network {name!r}: {cls.__name__} must derive from nets.base.SegNetwork")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"network {name!r} registered twice")
         _REGISTRY[name] = cls
@@ -40,7 +44,7 @@ def _load_builtin() -> None:
     import pkgutil
     from pathlib import Path
 
-    skip = {"registry", "factories", "output", "layers"}
+    skip = {"registry", "factories", "output", "layers", "base", "slicewise"}
     for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if mod.name not in skip and not mod.name.startswith("_"):
             importlib.import_module(f"{__package__}.{mod.name}")

@@ -9,7 +9,6 @@ A run folder holds ``last/`` (weights, optimiser and sampler state: what resume 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time

@@ -10,6 +10,7 @@ godc       LFAM + GODC: gradient-optimised Dice (+ CE)              :mod:`.losse
 focusnet   FocusNet: S-Net, SOL-Net, SOS-Nets, then joint           :mod:`.focusnet`
 lsnet      L-SNet: L-Net update, then whole network on a region     :mod:`.lsnet`
 dan        DAN: confidence network and segmentation, alternating    :mod:`.dan`
+finetune   fine-tuning on corrections: Dice + CE, encoder frozen    :mod:`.finetune`
 ========== ======================================================== ===========================
 """
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 from .base import FocalDice, Recipe
 from .dan import DANAdversarial
+from .finetune import Finetune
 from .focusnet import FocusNetStages
 from .losses_only import GODC, PGDNSFL, DiceCE, FocalDiceRecipe
 from .lsnet import LSNetAlternating
 
-RECIPES = {r.name: r for r in (DiceCE, FocalDiceRecipe, PGDNSFL, GODC, FocusNetStages, LSNetAlternating, DANAdversarial)}
+RECIPES = {r.name: r for r in (DiceCE, FocalDiceRecipe, PGDNSFL, GODC, FocusNetStages, LSNetAlternating, DANAdversarial,
+                                   Finetune)}
 
 
 def build_recipe(name: str, **kwargs) -> Recipe:

@@ -29,6 +29,8 @@ class Recipe:
     * :meth:`attach`: called once with the built network, before the main optimiser is made,
       to set up stages or extra optimisers; :meth:`parameters` says what the main optimiser
       updates (default: everything);
+    * :meth:`train_mode`: puts the network in training mode (default: all of it);
+      :meth:`detach`: undoes what :meth:`attach` changed on the network, once training ends;
     * :meth:`before_step` ``(step, fraction)`` and :meth:`after_step` ``(step)``: schedules;
     * :meth:`state` (shown in the training history) and :meth:`state_dict` /
       :meth:`load_state_dict` (saved with the resume point).
@@ -41,6 +43,12 @@ class Recipe:
 
     def parameters(self, net: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
         return net.parameters()
+
+    def train_mode(self, net: torch.nn.Module) -> None:
+        net.train()
+
+    def detach(self, net: torch.nn.Module) -> None:
+        pass
 
     def before_step(self, step: int, fraction: float) -> None:
         pass

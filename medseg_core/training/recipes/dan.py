@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ...losses import ConfidenceWeightedCE, OrganAttentionDiceLoss, adversarial_loss, confidence_bce
+from ...nets.dan import DAN
 from .base import Recipe, step_on, sync_lr
 
 
@@ -47,7 +48,7 @@ class DANAdversarial(Recipe):
         self.last = {}
 
     def attach(self, net, make_optimizer):
-        if not hasattr(net, "confidence_net"):
+        if not isinstance(net, DAN):
             raise ValueError("the dan recipe needs a DAN network")
         self.net = net
         self.conf_opt = make_optimizer(list(net.confidence_net.parameters()))

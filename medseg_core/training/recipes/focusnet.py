@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from ...losses import HeatmapMSELoss, gaussian_heatmap
+from ...nets.focusnet import FocusNet
 from .base import FocalDice, Recipe
 
 
@@ -89,7 +90,7 @@ class FocusNetStages(Recipe):
         self.stage_started: dict[int, int] = {}
 
     def attach(self, net, make_optimizer):
-        if not hasattr(net, "set_stage"):
+        if not isinstance(net, FocusNet):
             raise ValueError("the focusnet recipe needs a FocusNet network")
         self.net = net
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from ...losses import DiceCELoss, GODCLoss, NSFLDiceLoss, deep_supervision_loss, marginal_cross_entropy
 from .base import FocalDice, Recipe

@@ -24,7 +24,7 @@ import torch
 
 from ...losses import CenterNetFocalLoss, diou_loss, gaussian_heatmap
 from ...nets.grad_scale import grad_scale
-from ...nets.lsnet import STRIDE, extract_keypoints
+from ...nets.lsnet import STRIDE, LSNet, extract_keypoints
 from ...nets.roi_align import expand_boxes, roi_crop
 from .base import FocalDice, Recipe, step_on, sync_lr
 
@@ -80,7 +80,7 @@ class LSNetAlternating(Recipe):
         self.last = {}
 
     def attach(self, net, make_optimizer):
-        if not hasattr(net, "localise"):
+        if not isinstance(net, LSNet):
             raise ValueError("the lsnet recipe needs an L-SNet network")
         self.net = net
         self.lnet_opt = make_optimizer(list(lnet_parameters(net)))

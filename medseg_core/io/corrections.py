@@ -1,0 +1,87 @@
+"""Corrected segmentations as fine-tuning targets: a user's labelmap or ``.seg.nrrd`` in the model's
+label values, on the image's grid.
+
+* ``.seg.nrrd`` segments are matched to the model's labels by name (:func:`~medseg_core.labels.name_key`:
+  case-insensitive, spaces and underscores ignored). A model label without a segment is *not
+  annotated* in that case; a segment that is present but empty is annotated (the user affirms the
+  structure is absent).
+* a plain labelmap's values are the model's values; the labels it holds are the annotated ones.
+* a label on another grid than the image (Slicer saves cropped segmentations) is resampled onto the
+  image grid, nearest neighbour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..labels import name_key
+from .segmentation import read_segmentation
+
+
+def _label_names(card) -> str:
+    return ", ".join(lab.name for lab in card.labels)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same size, and spacing, origin and direction equal within a thousandth of a voxel."""
+    if a.GetSize() != b.GetSize():
+        return False
+    tol = 1e-3 * min(a.GetSpacing())
+    return (np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4, atol=1e-6)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
+def read_correction(path: str | Path, reference, card):
+    """A corrected label as a labelmap of the model's values on ``reference``'s grid.
+
+    Returns:
+        ``(label image (uint8/uint16, the reference's geometry), annotated model values)``.
+
+    Raises:
+        InputError: unknown segment name or value, a label that does not overlap the image, or one
+            that holds none of the model's labels.
+    """
+    path = Path(path)
+    img, segments = read_segmentation(path)
+    arr = sitk.GetArrayFromImage(img)
+    model_values = {lab.value for lab in card.labels}
+    dtype = np.uint8 if max(model_values | {0}) < 256 else np.uint16
+    if segments:
+        by_name = {name_key(lab.name): lab.value for lab in card.labels}
+        lut = np.zeros(int(max(int(arr.max()), max(s.value for s in segments))) + 1, dtype=dtype)
+        annotated = set()
+        for seg in segments:
+            value = by_name.get(name_key(seg.name))
+            if value is None:
+                raise InputError(f"{path}: segment {seg.name!r} is not a label of model {card.name} "
+                                 f"(its labels: {_label_names(card)}); rename or remove the segment")
+            lut[seg.value] = value
+            annotated.add(value)
+        out = lut[arr]
+    else:
+        values = set(int(v) for v in np.unique(arr)) - {0}
+        unknown = sorted(values - model_values)
+        if unknown:
+            known = ", ".join(f"{lab.value} {lab.name}" for lab in card.labels)
+            hint = "; is it an image rather than a labelmap?" if len(values) > 255 else ""
+            raise InputError(f"{path}: label value(s) {unknown[:5]} are not labels of model {card.name} "
+                             f"(its values: {known}){hint}")
+        out = arr.astype(dtype)
+        annotated = values
+    if not annotated:
+        raise InputError(f"{path}: holds none of model {card.name}'s labels ({_label_names(card)})")
+    lab = sitk.GetImageFromArray(out)
+    lab.CopyInformation(img)
+    if same_grid(lab, reference):
+        lab.CopyInformation(reference)
+    else:  # e.g. Slicer saved the segmentation cropped to its extent
+        had = bool(out.any())
+        lab = sitk.Resample(lab, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
+        if had and not sitk.GetArrayViewFromImage(lab).any():
+            raise InputError(f"{path}: the segmentation does not overlap the image it corrects")
+    return lab, sorted(annotated)

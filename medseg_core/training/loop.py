@@ -1,0 +1,60 @@
+"""The one training step, shared by training (``trainer.py``) and fine-tuning (``finetune.py``).
+
+A step samples a batch, augments it, runs the recipe's step (forward under autocast, loss,
+:func:`~medseg_core.training.recipes.base.step_on`) and keeps rank 0's batch-norm statistics
+under ``torchrun``; :meth:`TrainingLoop.advance` then moves the learning-rate schedule and the
+recipe's own schedule on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..nets.slicewise import labels_to_net, to_net
+from . import distributed as dd
+
+
+@dataclass
+class TrainingLoop:
+    """Attributes:
+        recipe: the :class:`~medseg_core.training.recipes.Recipe`, attached to ``net``.
+        net: the network (the one handle every recipe steps).
+        sampler: gives ``(images, labels, annotated)`` batches (:class:`~medseg_core.data.sampling.PatchSampler`).
+        augment: ``(images, labels) -> (images, labels)``.
+        optimizer, scheduler: the main optimiser and its learning-rate schedule.
+        batch_size: patches per step.
+        spatial_dims: the network's (2D networks get single-slice patches without their slice axis).
+        device: where the batch is computed.
+        amp: bf16 autocast.
+    """
+
+    recipe: object
+    net: torch.nn.Module
+    sampler: object
+    augment: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batch_size: int
+    spatial_dims: int
+    device: torch.device
+    amp: bool = False
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def step(self, step: int, fraction: float) -> float:
+        """One optimiser step at ``step`` (0-based), ``fraction`` of the run done; the loss."""
+        x, y, annotated = self.sampler.sample(self.batch_size)
+        x, y = self.augment(x, y)
+        x, y = to_net(x, self.spatial_dims), labels_to_net(y, self.spatial_dims)
+        self.recipe.before_step(step, fraction)
+        loss = self.recipe.train_step(self.net, x, y, annotated, self.optimizer, self.autocast)
+        dd.broadcast_module(self.net, buffers_only=True)  # rank 0's batch-norm statistics, as DDP keeps them
+        return float(loss.detach())
+
+    def advance(self, steps_done: int) -> None:
+        """After a step: the learning-rate schedule, then the recipe's (``steps_done`` counts it)."""
+        self.scheduler.step()
+        self.recipe.after_step(steps_done)
