@@ -171,15 +171,16 @@ def test_regions_come_from_the_networks_own_heads(tmp_path, phantom, net, kwargs
     import torch
 
     from medseg_core.models import find_model, save_package
+    from medseg_core.models.card import NetworkSpec
     from medseg_core.nets import build_network
 
     parent = find_model("phantom-unet").card
     card = copy.deepcopy(parent)
     card.name = f"tiny-{net}"
-    card.network = {"name": net, "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 6, **kwargs}}
+    card.network = NetworkSpec(net, {"spatial_dims": 3, "in_channels": 1, "out_channels": 6, **kwargs})
     card.training = {}
     torch.manual_seed(0)
-    model = build_network(net, **card.network["kwargs"])
+    model = build_network(net, **card.network.kwargs)
     save_package(card, model.state_dict(), tmp_path / card.name)
     path = tmp_path / "ph.nii.gz"
     sitk.WriteImage(phantom.image, str(path))
@@ -201,14 +202,15 @@ def test_lsnet_segments_the_user_box_with_its_snet(tmp_path, phantom):
     import torch
 
     from medseg_core.models import find_model, save_package
+    from medseg_core.models.card import NetworkSpec
     from medseg_core.nets import build_network
 
     card = copy.deepcopy(find_model("phantom-unet").card)
     card.name, card.training = "tiny-lsnet", {}
-    card.network = {"name": "lsnet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 6,
-                                                "lnet_features": [4, 8], "snet_features": [4, 8], "roi_size": 16}}
+    card.network = NetworkSpec("lsnet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 6,
+                                         "lnet_features": [4, 8], "snet_features": [4, 8], "roi_size": 16})
     torch.manual_seed(0)
-    save_package(card, build_network("lsnet", **card.network["kwargs"]).state_dict(), tmp_path / card.name)
+    save_package(card, build_network("lsnet", **card.network.kwargs).state_dict(), tmp_path / card.name)
     path = tmp_path / "ph.nii.gz"
     sitk.WriteImage(phantom.image, str(path))
     box_mm = index_box_to_physical(phantom.image, [20, 10, 5], [44, 40, 30])

@@ -41,14 +41,14 @@ def _worker(rank, world, port, data, run, out, recipe):
     torch.set_num_threads(1)
     from medseg_core.nets import build_network
     from medseg_core.training.config import TrainConfig
-    from medseg_core.training.trainer import _network_kwargs, train
+    from medseg_core.training.trainer import network_kwargs, train
 
     network, patch, extra = RECIPES[recipe]
     cfg = TrainConfig(name=f"ddp-{recipe}", network=network, patch_size=patch, batch_size=2, steps=STEPS,
                       val_every=100, warmup_steps=1, seed=3, half_weights=False, recipe=recipe, **extra)
     res = train(cfg, run, data_dir=data, device="cpu", progress="none", log=lambda *a: None)
     torch.manual_seed(cfg.seed)  # the trainer's initialisation, for comparison
-    init = build_network(network["name"], **_network_kwargs(cfg, 1, 6)).state_dict()
+    init = build_network(network["name"], **network_kwargs(cfg, 1, 6)).state_dict()
     torch.save({"trained": res.net.state_dict(), "init": init, "steps": res.steps},
                os.path.join(out, f"rank{rank}.pt"))
 

@@ -135,10 +135,10 @@ def test_parent_is_untouched_and_the_card_records_the_lineage(tuned):
     card = pkg.card
     assert card.name == "phantom-fixed" and card.version.startswith(f"{parent.version}+ft.")
     assert card.parent["name"] == MODEL and card.parent["version"] == parent.version
-    assert card.parent["weights_sha256"] == parent.weights["sha256"]
+    assert card.parent["weights_sha256"] == parent.weights.sha256
     assert card.parent["source"] == "bundled" and Path(card.parent["path"]) == tuned["parent_dir"]
     assert card.labels == parent.labels and card.preprocessing == parent.preprocessing
-    assert card.weights["dtype"] == parent.weights["dtype"] == "float16"
+    assert card.weights.dtype == parent.weights.dtype == "float16"
     ft = card.training["finetune"]
     assert ft["steps"] == STEPS and ft["device"] == "cpu" and ft["lr"] > 0
     assert ft["dice_before"] == pytest.approx(res.dice_before, abs=1e-4)

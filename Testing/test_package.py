@@ -7,16 +7,18 @@ import torch
 
 from medseg_core.errors import ModelError
 from medseg_core.labels import Label
+from medseg_core.data.preprocess_config import PreprocessConfig
 from medseg_core.models import ModelCard, find_model, list_models, save_package, user_models_dir
+from medseg_core.models.card import InferenceSpec, NetworkSpec
 from medseg_core.nets import build_network
 
 
 def _card(name="tiny"):
     return ModelCard(name=name, version="1.0.0", description="test", modality="CT", channels=["CT"],
-                     labels=[Label(1, "Liver", (0.8, 0.4, 0.3))], preprocessing={"spacing": None},
-                     patch_size=[8, 8, 8],
-                     network={"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-                                                         "features": [4, 8]}})
+                     labels=[Label(1, "Liver", (0.8, 0.4, 0.3))], preprocessing=PreprocessConfig(),
+                     network=NetworkSpec("unet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                                  "features": [4, 8]}),
+                     inference=InferenceSpec([8, 8, 8]))
 
 
 def _net():
@@ -37,7 +39,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_half_precision_storage(tmp_path):
     pkg = save_package(_card(), _net().state_dict(), tmp_path / "half", half=True)
-    assert pkg.card.weights["dtype"] == "float16"
+    assert pkg.card.weights.dtype == "float16"
     assert all(v.dtype == torch.float32 for v in pkg.load_state_dict().values() if v.is_floating_point())
 
 
@@ -119,7 +121,7 @@ def test_int8_storage_round_trip_is_close_and_smaller(tmp_path):
     pkg16 = save_package(_card("q16"), state, tmp_path / "q16", half=True)
     size = lambda p: (p.path / "weights.safetensors").stat().st_size  # noqa: E731
     assert size(pkg8) < 0.6 * size(pkg16)
-    assert pkg8.card.weights["parameters"] == pkg16.card.weights["parameters"]
+    assert pkg8.card.weights.parameters == pkg16.card.weights.parameters
     x = torch.randn(1, 1, 16, 16, 16)
     net8 = build_network("unet", spatial_dims=3, in_channels=1, out_channels=2, features=[16, 32])
     net8.load_state_dict(pkg8.load_state_dict())

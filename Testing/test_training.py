@@ -37,7 +37,7 @@ def test_tiny_model_learns_the_phantom(phantom_dataset, tmp_path):
     assert res.best_dice > 0.3, per_class
     pkg = find_model(str(tmp_path / "pkg"))
     assert [lab.name for lab in pkg.card.labels] == ["Liver", "SpinalCord", "Tumour", "LeftGland", "RightGland"]
-    assert pkg.card.preprocessing["normalization"][0]["scheme"] == "ct"
+    assert pkg.card.preprocessing.normalization[0]["scheme"] == "ct"
     assert pkg.card.training["steps"] in (100, 200)  # the step of the best validation
     pkg.build()  # the SHA-256 verifies and the weights fit
 

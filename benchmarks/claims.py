@@ -209,7 +209,6 @@ def snet_part_dice(run_dir: Path, cache: Path, data: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from medseg_core.data.preprocess_config import PreprocessConfig
     from medseg_core.models.package import load_package
     from medseg_core.training.data import load_tensors
     from medseg_core.training.trainer import validate
@@ -219,7 +218,7 @@ def snet_part_dice(run_dir: Path, cache: Path, data: Path) -> dict:
     net.load_state_dict(load_file(str(run_dir / "last" / "weights.safetensors")))
     net.set_stage(1)
     val = json.loads((data / "splits.json").read_text())["validation"]
-    images, labels = load_tensors(cache, val, PreprocessConfig.from_dict(pkg.card.preprocessing), torch.device("cpu"))
+    images, labels = load_tensors(cache, val, pkg.card.preprocessing, torch.device("cpu"))
     names = [lab.name for lab in pkg.card.labels]
     dice = validate(net, images, labels, len(names) + 1, pkg.card.patch_size, torch.device("cpu"), 2)
     return {name: round(float(np.nanmean(dice[:, i])), 4) for i, name in enumerate(names)}

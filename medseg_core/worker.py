@@ -41,7 +41,7 @@ class Worker:
         from .models import find_model
 
         pkg = find_model(model)
-        key = (str(pkg.path.resolve()), pkg.card.weights.get("sha256"), device, batch_size)
+        key = (str(pkg.path.resolve()), pkg.card.weights.sha256, device, batch_size)
         if key not in self.predictors:
             self.predictors[key] = Predictor(pkg, device=device, batch_size=batch_size)
         return self.predictors[key], key

@@ -17,7 +17,7 @@ def models_json() -> list[dict]:
         c = m.card
         out.append({"name": c.name, "version": c.version, "description": c.description, "modality": c.modality,
                     "channels": c.channels, "labels": [lab.to_dict() for lab in c.labels],
-                    "network": c.network.get("name"), "source": m.source, "path": str(m.path),
+                    "network": c.network.name, "source": m.source, "path": str(m.path),
                     "validation": c.validation, "parent": c.parent, "small_organs": c.small_organs,
                     "aliases": named.get(m.path.name, []) if m.source == "bundled" else []})
     return out

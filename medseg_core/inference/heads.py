@@ -40,7 +40,8 @@ class Heads:
         (:meth:`~medseg_core.nets.base.SegNetwork.output_heads`)."""
         spec = net.output_heads()
         return cls(confidence=spec.confidence, heatmaps=len(spec.heatmap_classes),
-                   distances=2 * int(net.spatial_dims) if spec.box_distances else 0, heatmap_classes=list(spec.heatmap_classes),
+                   distances=2 * int(net.spatial_dims) if spec.box_distances else 0,
+                   heatmap_classes=list(spec.heatmap_classes),
                    threshold=float(spec.threshold), roi_sizes=[list(r) for r in spec.roi_sizes],
                    stride=int(spec.stride))
 

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..data.preprocess import Grid, PreprocessConfig, Preprocessor, probabilities_to_labels, to_input_grid
+from ..data.preprocess import Grid, Preprocessor, probabilities_to_labels, to_input_grid
 from ..models import ModelPackage
 from .confidence import entropy_confidence
 from .device import resolve_device, use_bf16
@@ -76,7 +76,7 @@ class Predictor:
         # bf16 autocast on CUDA and on CPUs that compute it natively (it halves the sliding window
         # there; on 33 HNOAR validation cases it changed the mean Dice by < 0.001, docs/results.md)
         self.amp = use_bf16(self.device)
-        self.preprocessor = Preprocessor(PreprocessConfig.from_dict(self.card.preprocessing))
+        self.preprocessor = Preprocessor(self.card.preprocessing)
         self.batch_size = batch_size
         self.overlap = overlap
         self.progress = progress or (lambda *a, **k: None)
@@ -84,9 +84,9 @@ class Predictor:
 
     @property
     def mirror(self) -> tuple[list[int], list[list[int]]]:
-        """The flips the model was trained with: (spatial axes, label pairs swapped by the last)."""
-        cfg = self.card.training.get("config", {}) if isinstance(self.card.training, dict) else {}
-        return list(cfg.get("mirror_axes") or []), [list(p) for p in cfg.get("mirror_swap") or []]
+        """The card's test-time flips: (spatial axes, label pairs swapped by the last)."""
+        spec = self.card.inference
+        return list(spec.mirror_axes), [list(p) for p in spec.mirror_swap]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Class logits, then the heads' extra channels (see :mod:`.heads`)."""

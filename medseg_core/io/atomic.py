@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,6 @@ LIVE_TEMPORARIES: set[Path] = set()
 
 def remove_live_temporaries() -> None:
     """Delete every temporary output still pending (files and folders)."""
-    import shutil
-
     for path in list(LIVE_TEMPORARIES):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -112,6 +111,36 @@ def atomic_output(final_path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(final_path: str | os.PathLike) -> Iterator[Path]:
+    """Context manager for writing a folder (a model package, a resume point) all or nothing.
+
+    The body fills the yielded hidden temporary folder beside ``final_path``. On normal exit it
+    takes ``final_path``'s place; an existing ``final_path`` is moved aside first and removed only
+    once the new folder is in place. On any exception the temporary folder is removed and
+    ``final_path`` is left as it was.
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent))
+    LIVE_TEMPORARIES.add(tmp)
+    try:
+        yield tmp
+        if final_path.exists():
+            old = final_path.with_name(f".{final_path.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final_path, old)
+            os.replace(tmp, final_path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        LIVE_TEMPORARIES.discard(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -12,18 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError
-from ..io.atomic import write_text_atomic
-from .card import ModelCard
+from ..io.atomic import atomic_folder, write_text_atomic
+from .card import WEIGHTS_FILE, ModelCard, WeightsRecord
 
-WEIGHTS = "weights.safetensors"
+WEIGHTS = WEIGHTS_FILE
 CARD = "card.json"
 ALIASES = "aliases.json"
 
@@ -57,10 +55,10 @@ class ModelPackage:
         """Verify the SHA-256 and read the weights as float32 tensors (safetensors only)."""
         from safetensors.torch import load_file
 
-        wfile = self.path / self.card.weights.get("file", WEIGHTS)
+        wfile = self.path / self.card.weights.file
         if not wfile.is_file():
             raise ModelError(f"{wfile}: weights file is missing")
-        expected = self.card.weights.get("sha256")
+        expected = self.card.weights.sha256
         actual = sha256_file(wfile)
         if expected != actual:
             raise ModelError(f"{wfile}: SHA-256 {actual[:12]}... does not match the card's "
@@ -75,9 +73,9 @@ class ModelPackage:
         """The network in eval mode on ``device`` with the package's weights."""
         from ..nets import build_network
 
-        net_cfg = self.card.network
+        spec = self.card.network
         try:
-            net = build_network(net_cfg["name"], **net_cfg.get("kwargs", {}))
+            net = build_network(spec.name, **spec.kwargs)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{self.path / CARD}: cannot build network ({exc})") from None
         try:
@@ -189,35 +187,18 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise ModelError(f"{dest}: a model package already exists there")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    from ..io.atomic import LIVE_TEMPORARIES
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    LIVE_TEMPORARIES.add(tmp)
-    try:
+    with atomic_folder(dest) as tmp:
         if int8:
             tensors = quantize_int8(state_dict)
         else:
             tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
                        for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS))
-        card.weights = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS),
-                        "dtype": "int8 per channel + float16" if int8 else "float16" if half else "float32",
-                        "parameters": int(sum(v.numel() for k, v in state_dict.items()
-                                              if v.is_floating_point() and not k.endswith(INT8_SCALE)))}
+        dtype = "int8 per channel + float16" if int8 else "float16" if half else "float32"
+        parameters = sum(v.numel() for k, v in state_dict.items()
+                         if v.is_floating_point() and not k.endswith(INT8_SCALE))
+        card.weights = WeightsRecord(WEIGHTS, sha256_file(tmp / WEIGHTS), dtype, int(parameters))
         (tmp / CARD).write_text(card.to_json() + "\n")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-        LIVE_TEMPORARIES.discard(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        LIVE_TEMPORARIES.discard(tmp)
-        raise
     return load_package(dest, "path")
 
 

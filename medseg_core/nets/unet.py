@@ -112,7 +112,8 @@ class UNetBody(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, features: Sequence[int],
-                 strides: Sequence | None = None, norm: str = "instance", act: str = "leakyrelu", dropout: float = 0.0, residual: bool = False):
+                 strides: Sequence | None = None, norm: str = "instance", act: str = "leakyrelu",
+                 dropout: float = 0.0, residual: bool = False):
         super().__init__()
         features = [int(f) for f in features]
         n = len(features)
@@ -130,7 +131,8 @@ class UNetBody(nn.Module):
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in range(n - 1, 0, -1):
-            self.up.append(fx.conv_transpose(spatial_dims, features[i], features[i - 1], strides[i - 1], strides[i - 1]))
+            s = strides[i - 1]
+            self.up.append(fx.conv_transpose(spatial_dims, features[i], features[i - 1], s, s))
             self.decoder.append(block(spatial_dims, 2 * features[i - 1], features[i - 1], 1, norm, act))
 
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:

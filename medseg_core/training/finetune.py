@@ -167,7 +167,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
 
         t = time.perf_counter()
         recipe, amp = _train(pred, prepared, parent_preds, patch, steps, lr, train_all, seed, report, pkg.path)
-        half = parent.weights.get("dtype") == "float16"
+        half = parent.weights.dtype == "float16"
         if half:  # evaluate exactly the weights that will be stored
             with torch.no_grad():
                 for v in pred.net.state_dict().values():
@@ -317,7 +317,7 @@ def _new_card(pkg, name: str, stamp: str, record: dict) -> ModelCard:
     trained = sorted({n for c in record["cases"] for n in c["labels_trained"]}, key=order.index)
     card.description = (f"{parent.name} {parent.version} fine-tuned on {len(record['cases'])} corrected case(s) "
                         f"({', '.join(trained)}); {record['steps']} steps. " + (parent.description or "")).strip()
-    card.parent = {"name": parent.name, "version": parent.version, "weights_sha256": parent.weights.get("sha256"),
+    card.parent = {"name": parent.name, "version": parent.version, "weights_sha256": parent.weights.sha256,
                    "path": str(pkg.path), "source": pkg.source}
     if parent.parent:
         card.parent["parent"] = parent.parent

@@ -115,6 +115,7 @@ class FocalDice(torch.nn.Module):
         self.dice = DiceLoss()
         self.dice_weight = dice_weight
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                annotated: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         return self.focal(logits, target, annotated) + self.dice_weight * self.dice(logits, target, annotated)

@@ -83,8 +83,9 @@ class DANAdversarial(Recipe):
                     + self.fce_weight * self.fce(logits, target, confidence, annotated))
         adv = adversarial_loss(c_adv.float(), self.adversarial_weight)
         step_on(optimizer, seg_loss + adv, net.seg_net.parameters())
-        self.last = {"confidence_loss": round(float(c_loss.detach()), 4), "seg_loss": round(float(seg_loss.detach()), 4),
-                     "adversarial": round(float(adv.detach()), 5), "mean_confidence": round(float(confidence.mean()), 4)}
+        self.last = {"confidence_loss": round(float(c_loss.detach()), 4),
+                     "seg_loss": round(float(seg_loss.detach()), 4), "adversarial": round(float(adv.detach()), 5),
+                     "mean_confidence": round(float(confidence.mean()), 4)}
         return (seg_loss + adv).detach()
 
     def loss(self, out, target, annotated):  # not used: train_step does the work

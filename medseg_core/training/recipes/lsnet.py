@@ -98,7 +98,8 @@ class LSNetAlternating(Recipe):
             for c in range(n_cls - 1):
                 if present[i, c]:
                     ch = c if self.net.heatmap_per_class else 0
-                    heat[i, ch] = torch.maximum(heat[i, ch], gaussian_heatmap(q_shape, centres[i, c][None].tolist(), self.sigma))
+                    peak = gaussian_heatmap(q_shape, centres[i, c][None].tolist(), self.sigma)
+                    heat[i, ch] = torch.maximum(heat[i, ch], peak)
         return boxes.to(device), present.to(device), centres.to(device), heat.to(device)
 
     # ---------------------------------------------------------------- the step
