@@ -17,6 +17,7 @@ import torch
 
 from ..data.preprocess import Grid, Preprocessor, probabilities_to_labels, to_input_grid
 from ..models import ModelPackage
+from ..nets.slicewise import from_net, to_net, volume_patch
 from .confidence import entropy_confidence
 from .device import resolve_device, use_bf16
 from .heads import Heads
@@ -90,12 +91,12 @@ class Predictor:
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Class logits, then the heads' extra channels (see :mod:`.heads`)."""
-        two_d = self.card.spatial_dims == 2  # windows are (B, C, 1, y, x): run the 2D net per slice
-        x = batch[:, :, 0] if two_d else batch
+        nd = self.card.spatial_dims  # a 2D net gets (B, C, 1, y, x) windows: it runs per slice
+        x = to_net(batch, nd)
         out = self.net(x)
         chans = [out.logits] + (self.heads.channels(out, tuple(x.shape[2:])) if self.heads.count else [])
         y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits
-        return y[:, :, None] if two_d else y
+        return from_net(y, nd)
 
     def _split_extras(self, extra: np.ndarray) -> dict:
         out, i, h = {}, 0, self.heads
@@ -115,9 +116,7 @@ class Predictor:
         With ``tta`` the probabilities are averaged over the flips; the heads' maps come from the
         unflipped pass (flipping would also have to mirror the box distances).
         """
-        patch = tuple(self.card.patch_size)
-        if self.card.spatial_dims == 2:
-            patch = (1,) + patch
+        patch = volume_patch(self.card.patch_size, self.card.spatial_dims)
         axes, swap = self.mirror if tta else ([], [])
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         n, extra = self.card.num_classes, self.heads.count

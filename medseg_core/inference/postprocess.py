@@ -1,0 +1,114 @@
+"""After the network: what a segmentation run reports and writes beside the labelmap.
+
+* the "Low confidence" layer: voxels under the threshold in or next to the foreground
+  (:func:`~medseg_core.inference.confidence.low_confidence_mask`);
+* the small organs' regions: from the network's own heads where it has them (FocusNet's
+  heatmaps, L-SNet's boxes, :attr:`Prediction.regions`), else boxes around the connected
+  components of the labelmap (:func:`~medseg_core.inference.regions.component_regions`), and
+  the one-layer segmentation that draws them;
+* each organ's volume and mean confidence.
+
+Every array is on the input grid, (z, y, x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io.terminology import SMALL_ORGAN_REGION_CODE, project_terminology
+from ..labels import Label
+from .confidence import low_confidence_mask, mean_per_label
+from .regions import box_mask, component_regions
+
+LOW_CONFIDENCE = "Low confidence"
+LOW_CONFIDENCE_COLOR = (1.0, 0.85, 0.0)
+CONFIDENCE_STEPS = 1024
+"""The stored confidence map is quantised to multiples of 1/CONFIDENCE_STEPS (error at most 0.0005):
+the full float mantissa made gzip write 36 MB in 2 s for a full-size CT, the steps 1.3 MB in 0.2 s."""
+
+
+@dataclass
+class CaseOutputs:
+    """Attributes:
+        labels: the labelmap (the input's geometry).
+        confidence: (z, y, x) float32 in [0, 1], or None when not asked for.
+        extra_segments: ``(name, colour, mask)`` layers written into the ``.seg.nrrd`` beside the
+            labels ("Low confidence").
+        regions: the small organs' regions (dicts with ``label``, ``value``, ``box_index``,
+            ``box_mm``, ``source``...), or None when the model names no small organs.
+        summary: what the case report gains (volumes, mean confidence, low-confidence volume,
+            the number of regions).
+    """
+
+    labels: sitk.Image
+    confidence: np.ndarray | None
+    extra_segments: list = field(default_factory=list)
+    regions: list[dict] | None = None
+    summary: dict = field(default_factory=dict)
+
+
+def postprocess(labels: sitk.Image, confidence: np.ndarray | None, prediction, card,
+                threshold: float) -> CaseOutputs:
+    """The layers and figures of one case; ``prediction`` is the
+    :class:`~medseg_core.inference.predictor.Prediction` (None for a constant image, segmented as
+    background without the network)."""
+    names = card.label_names()
+    arr = np.asarray(sitk.GetArrayViewFromImage(labels))
+    out = CaseOutputs(labels, confidence)
+    out.summary["volumes_ml"] = volumes_ml(arr, labels.GetSpacing(), names)
+    if confidence is not None:
+        low = low_confidence_mask(confidence, arr, threshold, labels.GetSpacing()[::-1])
+        out.summary.update(confidence_threshold=threshold, mean_confidence=mean_per_label(confidence, arr, names),
+                           low_confidence_ml=round(float(low.sum()) * _voxel_ml(labels), 3))
+        out.extra_segments.append((LOW_CONFIDENCE, LOW_CONFIDENCE_COLOR, low))
+    small = small_organs(card)
+    if small:
+        if prediction is not None and prediction.regions is not None:  # FocusNet heatmaps, L-SNet boxes
+            out.regions = [r for r in prediction.regions if r["label"] in small.values()]
+        else:
+            probability = prediction.class_probability if prediction is not None else None
+            out.regions = component_regions(labels, small, probability)
+        out.summary["regions"] = len(out.regions)
+    return out
+
+
+def small_organs(card) -> dict[int, str]:
+    """The card's small organs, ``{value: name}``."""
+    wanted = set(card.small_organs)
+    return {v: n for v, n in card.label_names().items() if n in wanted}
+
+
+def volumes_ml(labels: np.ndarray, spacing, names: dict[int, str]) -> dict[str, float]:
+    """Each label's volume in millilitres."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=max(names) + 1 if names else 1)
+    return {name: round(float(counts[v]) * voxel_ml, 3) for v, name in names.items()}
+
+
+def quantised_confidence(confidence: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """The confidence map as an image on ``reference``'s grid, in steps of 1/CONFIDENCE_STEPS."""
+    img = sitk.GetImageFromArray(np.round(confidence * CONFIDENCE_STEPS) / CONFIDENCE_STEPS)
+    img.CopyInformation(reference)
+    return img
+
+
+def region_layer(regions: list[dict], reference: sitk.Image, card) -> tuple[sitk.Image, list[Label]]:
+    """The regions as one labelmap layer, each box in its organ's colour; where two boxes overlap
+    the later wins (a layer per box costs seconds each on a full-size CT)."""
+    colors = {lab.value: lab.color for lab in card.labels}
+    boxes = np.zeros(reference.GetSize()[::-1], dtype=np.uint8 if len(regions) < 255 else np.uint16)
+    labels = []
+    for k, r in enumerate(regions):
+        boxes[box_mask(reference, r["box_index"])] = k + 1
+        labels.append(Label(k + 1, f"{r['label']} region {k + 1}", colors.get(r["value"], (0.5, 0.5, 0.5)),
+                            project_terminology(SMALL_ORGAN_REGION_CODE)))
+    img = sitk.GetImageFromArray(boxes)
+    img.CopyInformation(reference)
+    return img, labels
+
+
+def _voxel_ml(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing())) / 1000.0
