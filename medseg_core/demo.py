@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .data.phantom import make_phantom
-from .io import write_image, write_labelmap
+from .io import atomic_output, write_image, write_labelmap
 from .metrics import dice
 from .segment import segment_files
 
@@ -42,9 +42,8 @@ def overlay_png(image: sitk.Image, labels: list[sitk.Image], colors: dict[int, t
     canvas = np.concatenate(panels[:-1], axis=1)[::-1]  # LPS rows run posterior; show anterior up
     pil = Image.fromarray((canvas * 255).astype(np.uint8))
     pil = pil.resize((pil.width * zoom, pil.height * zoom), Image.NEAREST)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    pil.save(tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        pil.save(tmp, format="PNG")
     return z
 
 

@@ -12,6 +12,7 @@ from ..data.cache import build_cache, load_case, read_index
 from ..data.normalize import ct_statistics, normalize_channels, scheme_for
 from ..data.preprocess_config import PreprocessConfig
 from ..errors import InputError
+from ..io.atomic import write_text_atomic
 from .config import TrainConfig
 
 
@@ -54,9 +55,7 @@ def prepare_cache(config: TrainConfig, data_dir: str | Path | None, cache_dir: P
     index["dataset"] = {"name": Path(data_dir).name, "path": str(Path(data_dir).resolve()),
                         "labels": ds.labels, "channels": ds.channels, "train": train, "validation": val,
                         "label_dir": ds.label_dir}
-    tmp = index_path.with_name(".cache.json.tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(index_path)
+    write_text_atomic(index_path, json.dumps(index, indent=1))
     return index
 
 

@@ -14,7 +14,7 @@ from medseg_core.models import bundled_dir, find_model
 from medseg_core.models.card import CARD_FORMAT, InferenceSpec, ModelCard, NetworkSpec, WeightsRecord
 from medseg_core.models.package import sha256_file
 
-FORMAT1 = Path(__file__).parent / "data" / "phantom-unet-card-format1.json"
+FORMAT1 = Path(__file__).resolve().parents[1] / "fixtures" / "phantom-unet-card-format1.json"
 
 
 @pytest.mark.parametrize("card_path", sorted(bundled_dir().glob("*/card.json")), ids=lambda p: p.parent.name)
