@@ -45,7 +45,7 @@ def _imports(module: str, path: Path) -> set[str]:
     counts), relative imports resolved, ``from pkg import submodule`` taken as the submodule."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -114,5 +114,5 @@ def test_the_layers_check_what_they_claim():
 @pytest.mark.parametrize("folder", ["medseg_core", "SlicerMedSeg", "Testing", "benchmarks", "tools"])
 def test_no_file_over_400_lines(folder):
     long = {str(p.relative_to(REPO)): n for p in (REPO / folder).rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 400}
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
     assert not long, long

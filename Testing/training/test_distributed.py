@@ -1,5 +1,6 @@
 """Training under ``torchrun``: two CPU processes (gloo) end with identical weights, for every
-recipe, including the alternating ones (L-SNet, DAN) and FocusNet's changing stages."""
+recipe, including the alternating ones (L-SNet, DAN), FocusNet's changing stages and fine-tuning's
+frozen encoder."""
 
 import os
 import socket
@@ -25,6 +26,7 @@ RECIPES = {
               [40, 40], {"small_organs": ["LeftGland", "RightGland"]}),
     "dan": ({"name": "dan", "kwargs": {"spatial_dims": 2, "features": [8, 16, 16, 16],
                                        "confidence_features": [4, 8, 8, 8]}}, [40, 40], {}),
+    "finetune": ({"name": "unet", "kwargs": {"spatial_dims": 3, "features": [4, 8]}}, [16, 16, 16], {}),
 }
 STEPS = 8
 
@@ -71,3 +73,6 @@ def test_two_gloo_ranks_hold_identical_weights(dataset, tmp_path, recipe):
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{recipe}: the ranks disagree on {len(differ)} tensors, e.g. {differ[:3]}"
     assert any(not torch.equal(a[k], r0["init"][k]) for k in a)  # and they did train
+    if recipe == "finetune":  # its encoder is frozen: it must not have moved on either rank
+        encoder = [k for k in a if k.startswith("encoder.")]
+        assert encoder and all(torch.equal(a[k], r0["init"][k]) for k in encoder)
