@@ -98,8 +98,14 @@ def pair_cases(pred_dir, ref_dir) -> list[tuple[str, Path, Path]]:
 
 
 def _read_labelmap(path: Path) -> sitk.Image:
+    from .io.door import check_nifti, check_regular_file, is_nifti, quiet_stderr
+
+    check_regular_file(path)
+    if is_nifti(path):
+        check_nifti(path)  # ITK would read a file cut short as zeros
     try:
-        image = sitk.ReadImage(str(path))
+        with quiet_stderr():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot be read: {str(exc).strip().splitlines()[-1]}") from None
     if image.GetNumberOfComponentsPerPixel() != 1:

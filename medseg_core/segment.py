@@ -36,9 +36,9 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         confidence_threshold: voxels under it (in or next to the foreground) are "Low confidence".
         roi_mm: segment only inside this LPS box (x0, y0, z0, x1, y1, z1) in mm.
     """
-    from .inference.postprocess import postprocess, small_organs
-    from .inference.predictor import Predictor
-    from .io import check_writable_dir, read_channels
+    from .inference.postprocess import small_organs
+    from .io import read_channels
+    from .io.atomic import output_folder
     from .models import find_model
 
     report_cb = progress or (lambda *a, **k: None)
@@ -46,11 +46,27 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     package = predictor.package if predictor is not None else find_model(model)
     card = package.card
     plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card))) for s in stems}
-    if not overwrite:
-        for path in (p for outs in plan.values() for p in outs.values()):
-            if path.exists():
-                raise InputError(f"{path}: output exists (use --overwrite to replace it)")
-    check_writable_dir(Path(output_dir))
+    for path in (p for outs in plan.values() for p in outs.values()):
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            raise InputError(f"{path}: an output name is taken by a folder or a special file; move it away")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: output exists (use --overwrite to replace it)")
+    with output_folder(output_dir) as make_folder:
+        # every input is read and checked before the first is segmented: a bad one stops the run
+        # before anything is written (the first is kept; the others are read again in turn)
+        first = read_channels(inputs[0], len(card.channels))
+        for other in inputs[1:]:
+            read_channels(other, len(card.channels))
+        return _segment_all(inputs, stems, first, plan, package, card, make_folder, report_cb, predictor, device,
+                            batch_size, tta, confidence, confidence_threshold, roi_mm)
+
+
+def _segment_all(inputs, stems, first, plan, package, card, make_folder, report_cb, predictor, device, batch_size,
+                 tta, confidence, confidence_threshold, roi_mm) -> list[dict]:
+    from .inference.postprocess import postprocess
+    from .inference.predictor import Predictor
+    from .io import read_channels
+
     t0 = time.perf_counter()
     report_cb("load", 0.0, f"loading {card.name}")
     pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb)
@@ -63,7 +79,8 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     for i, (path, stem) in enumerate(zip(inputs, stems)):
         report_cb("read", i / len(inputs), f"reading {path.name}")
         t = time.perf_counter()
-        images = read_channels(path, len(card.channels))
+        images = first if i == 0 else read_channels(path, len(card.channels))
+        first = None
         seconds = {"load_model": round(pred.load_seconds, 3) if i == 0 and fresh_load else 0.0,
                    "read": time.perf_counter() - t}
         labels, conf, result, warnings = _predict(pred, images, path, tta, confidence, roi_mm)
@@ -77,6 +94,11 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
                   "volumes_ml": case.summary.pop("volumes_ml"), "tta_passes": result.tta if result is not None else 0,
                   "roi_mm": roi_mm, "warnings": warnings, "outputs": {k: str(v) for k, v in plan[stem].items()},
                   **case.summary}
+        if result is not None and not case.labels_found:
+            msg = f"{path}: found none of {card.name}'s labels ({', '.join(card.label_names().values())})"
+            print(f"medseg: warning: {msg}", file=sys.stderr)
+            report["warnings"].append(msg)
+        make_folder()
         _write(case, plan[stem], card, path, report, seconds, t)
         reports.append(report)
         report_cb("write", 1.0, f"{stem} done")
@@ -105,7 +127,11 @@ def _predict(pred, images, path: Path, tta: bool, confidence: bool, roi_mm):
     from .io import is_constant
 
     if not is_constant(images[0]):
-        result = pred.predict(images, tta=tta, confidence=confidence, roi_mm=roi_mm)
+        try:
+            result = pred.predict(images, tta=tta, confidence=confidence, roi_mm=roi_mm)
+        except InputError as exc:  # the model grid's checks do not know the file's name
+            text = str(exc)
+            raise InputError(text if text.startswith(str(path)) else f"{path}: {text}") from None
         return result.labels, result.confidence, result, []
     msg = f"{path}: the image is constant; writing an empty segmentation"
     print(f"medseg: warning: {msg}", file=sys.stderr)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from dicom_helpers import write_dicom_series
 from io_helpers import ROTATION, assert_one_line_error, assert_same_geometry, make_image
 from medseg_core.errors import InputError
 from medseg_core.io import array_to_image, is_constant, read_image, write_float_volume, write_image, write_labelmap
@@ -71,29 +72,6 @@ def test_is_constant(volume):
 
 
 # --- DICOM ----------------------------------------------------------------------------------
-
-def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
-    """Writes an int16 volume as one DICOM file per slice (after SimpleITK's DicomSeriesFromArray)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    d = image.GetDirection()
-    series_tags = [
-        ("0008|0031", "120000"), ("0008|0021", "20240101"), ("0008|0008", "DERIVED\\SECONDARY"),
-        ("0020|000e", series_uid), ("0020|000d", series_uid + ".1"), ("0008|0060", "CT"),
-        ("0008|103e", "synthetic"),
-        ("0020|0037", "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))),
-    ]
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        slice_k = image[:, :, k]
-        for tag, value in series_tags:
-            slice_k.SetMetaData(tag, value)
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        slice_k.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
-        slice_k.SetMetaData("0020|0013", str(k + 1))
-        writer.SetFileName(str(folder / f"{series_uid[-4:]}_{k:03d}.dcm"))
-        writer.Execute(slice_k)
-
 
 def test_dicom_series_round_trip(tmp_path, volume):
     # DICOM slices are stacked along row x column, so a series always reads back right-handed:

@@ -42,12 +42,13 @@ def build_cache(dataset, cases: list[str], pre_cfg, cache_dir: str | Path, log=p
     prep = Preprocessor(pre_cfg)
     rng = np.random.default_rng(0)
     todo = [c for c in cases if c not in index["cases"] or not (cache_dir / f"{c}.npz").is_file()]
+    dataset.check_cases(todo)  # every case checked before the first is cached
     for i, case in enumerate(todo):
         images = [read_image(p) for p in dataset.image_paths(case)]
         lpath = dataset.label_path(case)
         if not lpath.is_file():
             raise InputError(f"{lpath}: label file missing for case {case}")
-        label = sitk.ReadImage(str(lpath))
+        label = read_image(lpath)
         imgs, lab = prep.geometric(images, label)
         raw = np.stack([sitk.GetArrayFromImage(im) for im in imgs])
         lab_arr = sitk.GetArrayFromImage(lab).astype(np.uint8)

@@ -13,6 +13,10 @@ from pathlib import Path
 from ..errors import InputError, read_json
 
 
+def _mm(spacing) -> str:
+    return " x ".join(f"{s:.3g}" for s in spacing)
+
+
 @dataclass
 class RawDataset:
     root: Path
@@ -41,6 +45,47 @@ class RawDataset:
         if not cases:
             raise InputError(f"{img_dir}: no images named CASE_0000{ending}")
         return cls(root, channels, labels, ending, cases, label_dir)
+
+    def check_cases(self, cases: list[str]) -> None:
+        """Every case complete and coherent before any is used: each channel and the label exist,
+        share one grid, and the label holds only ``dataset.json``'s values and some foreground.
+        Raises a one-line InputError naming the case and the file."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        from ..io.corrections import same_grid
+        from ..io.image import read_image
+
+        known = set(self.labels.values())
+        for case in cases:
+            paths = self.image_paths(case)
+            for p in paths:
+                if not p.is_file():
+                    raise InputError(f"{p}: image of case {case} is missing")
+            label_path = self.label_path(case)
+            if not label_path.is_file():
+                raise InputError(f"{label_path}: label file missing for case {case}")
+            label = read_image(label_path)
+            for p in paths:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(p))
+                try:
+                    reader.ReadImageInformation()
+                except RuntimeError as error:
+                    from ..io.image import sitk_error_detail
+
+                    raise InputError(f"{p}: image of case {case} cannot be read ({sitk_error_detail(error)})") from None
+                if not same_grid(reader, label):  # a reader answers the grid questions as an image does
+                    raise InputError(f"{label_path}: the label of case {case} is not on its image's grid "
+                                     f"({p.name}: {reader.GetSize()} voxels of {_mm(reader.GetSpacing())} mm; "
+                                     f"label: {label.GetSize()} of {_mm(label.GetSpacing())} mm)")
+            values = np.unique(sitk.GetArrayViewFromImage(label))
+            unknown = sorted(int(v) for v in values if int(v) not in known)
+            if unknown:
+                raise InputError(f"{label_path}: case {case} has label value(s) {unknown[:5]} that dataset.json "
+                                 f"does not name")
+            if not (values > 0).any():
+                raise InputError(f"{label_path}: the label of case {case} is empty (no foreground)")
 
     def image_paths(self, case: str) -> list[Path]:
         return [self.root / "imagesTr" / f"{case}_{c:04d}{self.file_ending}" for c in range(len(self.channels))]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from .normalize import body_mask, normalize_channels
 from .preprocess_config import PreprocessConfig
 
@@ -83,17 +84,55 @@ def _crop(img: sitk.Image, box: tuple[slice, ...]) -> sitk.Image:
     return sitk.RegionOfInterest(img, size, lo)
 
 
+MAX_MODEL_VOXELS = 1 << 28
+"""The most voxels an image may have on the model grid (a float32 copy is 1 GiB): more means a wrong
+spacing, not a larger patient."""
+
+
 def _resample(img: sitk.Image, spacing, interp) -> sitk.Image:
     old_sp = np.array(img.GetSpacing())
     new_sp = np.array(spacing, dtype=float)
     if np.allclose(old_sp, new_sp, rtol=1e-4, atol=1e-6):
         return img
-    size = np.maximum(1, np.round(np.array(img.GetSize()) * old_sp / new_sp)).astype(int)
+    size = np.maximum(1, np.round(np.array(img.GetSize()) * old_sp / new_sp))
+    if float(np.prod(size)) > MAX_MODEL_VOXELS:
+        extent = " x ".join(f"{e:.4g}" for e in np.array(img.GetSize()) * old_sp)
+        raise InputError(f"the image spans {extent} mm, {int(np.prod(size)):,} voxels at the model's spacing (at most "
+                         f"{MAX_MODEL_VOXELS:,}); check its voxel spacing {tuple(float(s) for s in old_sp)}")
+    size = size.astype(int)
     # Keep the physical centre of the first voxel's corner: origin shifts by half a voxel change.
     d = np.array(img.GetDirection()).reshape(3, 3)
     origin = np.array(img.GetOrigin()) + d @ ((new_sp - old_sp) / 2.0)
     return sitk.Resample(img, [int(s) for s in size], sitk.Transform(), interp, origin.tolist(),
                          new_sp.tolist(), img.GetDirection(), 0.0, img.GetPixelID())
+
+
+def is_oblique(img: sitk.Image, tol: float = 1e-3) -> bool:
+    """The grid's axes are rotated away from the world axes (after reorientation, whatever is not
+    the identity)."""
+    return float(np.abs(np.reshape(img.GetDirection(), (3, 3)) - np.eye(3)).max()) > tol
+
+
+def straighten(img: sitk.Image, spacing, interp, fill: float | None = None) -> sitk.Image:
+    """``img`` resampled onto the axis-aligned grid of ``spacing`` that covers it: one interpolation.
+    Voxels outside the image take ``fill`` (default: the image's minimum, air for CT)."""
+    new_sp = np.asarray(spacing, dtype=float)
+    rot = np.reshape(img.GetDirection(), (3, 3))
+    size = np.asarray(img.GetSize(), dtype=float)
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij")).reshape(3, -1).T
+    phys = np.asarray(img.GetOrigin()) + (rot @ (corners * np.asarray(img.GetSpacing())).T).T
+    lo, hi = phys.min(0), phys.max(0)
+    out_size = np.maximum(1, np.ceil((hi - lo) / new_sp - 1e-6))
+    if float(np.prod(out_size)) > MAX_MODEL_VOXELS:
+        raise InputError(f"the image spans {' x '.join(f'{e:.4g}' for e in hi - lo)} mm, more than the "
+                         f"{MAX_MODEL_VOXELS:,} voxels a model grid may hold; check its voxel spacing")
+    if fill is None:
+        stats = sitk.MinimumMaximumImageFilter()
+        stats.Execute(img)
+        fill = stats.GetMinimum()
+    origin = lo + new_sp / 2.0
+    return sitk.Resample(img, [int(s) for s in out_size], sitk.Transform(), interp, origin.tolist(),
+                         new_sp.tolist(), np.eye(3).ravel().tolist(), float(fill), img.GetPixelID())
 
 
 class Preprocessor:
@@ -117,7 +156,12 @@ class Preprocessor:
             if box is not None:
                 images = [_crop(im, box) for im in images]
                 label = _crop(label, box) if label is not None else None
-        if cfg.spacing is not None:
+        if cfg.resample_oblique and is_oblique(images[0]):
+            spacing = cfg.spacing if cfg.spacing is not None else images[0].GetSpacing()
+            images = [straighten(sitk.Cast(im, sitk.sitkFloat32), spacing, sitk.sitkLinear) for im in images]
+            if label is not None:
+                label = straighten(label, spacing, sitk.sitkNearestNeighbor, fill=0.0)
+        elif cfg.spacing is not None:
             images = [_resample(sitk.Cast(im, sitk.sitkFloat32), cfg.spacing, sitk.sitkLinear)
                       if not np.allclose(im.GetSpacing(), cfg.spacing, rtol=1e-4) else im for im in images]
             if label is not None:

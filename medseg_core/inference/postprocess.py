@@ -41,6 +41,7 @@ class CaseOutputs:
             ``box_mm``, ``source``...), or None when the model names no small organs.
         summary: what the case report gains (volumes, mean confidence, low-confidence volume,
             the number of regions).
+        labels_found: the labelmap holds at least one of the model's labels.
     """
 
     labels: sitk.Image
@@ -48,6 +49,7 @@ class CaseOutputs:
     extra_segments: list = field(default_factory=list)
     regions: list[dict] | None = None
     summary: dict = field(default_factory=dict)
+    labels_found: bool = True
 
 
 def postprocess(labels: sitk.Image, confidence: np.ndarray | None, prediction, card,
@@ -59,6 +61,7 @@ def postprocess(labels: sitk.Image, confidence: np.ndarray | None, prediction, c
     arr = np.asarray(sitk.GetArrayViewFromImage(labels))
     out = CaseOutputs(labels, confidence)
     out.summary["volumes_ml"] = volumes_ml(arr, labels.GetSpacing(), names)
+    out.labels_found = bool(arr.any())
     if confidence is not None:
         low = low_confidence_mask(confidence, arr, threshold, labels.GetSpacing()[::-1])
         out.summary.update(confidence_threshold=threshold, mean_confidence=mean_per_label(confidence, arr, names),

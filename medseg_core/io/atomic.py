@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from medseg_core.errors import InputError
@@ -269,3 +269,40 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     except OSError:
         raise InputError(message) from None
     return path
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Callable[[], Path]]:
+    """An output folder that exists only once something is written to it.
+
+    On entry it checks that ``path`` could be created and written (its nearest existing ancestor
+    is a writable folder), creating nothing. The body calls the yielded ``make()`` just before
+    its first write. If the body fails, the folders ``make()`` created are removed again when they
+    are still empty, so a refused run leaves no trace.
+
+    Raises:
+        InputError: the folder cannot be created or written to (one line naming the folder).
+    """
+    path = Path(path)
+    message = f"{path}: output folder is not writable"
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(message if probe == path or probe.exists() else f"{path}: cannot be created")
+    created: list[Path] = []
+
+    def make() -> Path:
+        if not path.is_dir():
+            missing = [p for p in [path, *path.parents] if not p.exists()]
+            check_writable_dir(path)
+            created.extend(missing)
+        return path
+
+    try:
+        yield make
+    except BaseException:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise

@@ -26,9 +26,11 @@ def _label_names(card) -> str:
     return ", ".join(lab.name for lab in card.labels)
 
 
-def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    """Same size, and spacing, origin and direction equal within a thousandth of a voxel."""
-    if a.GetSize() != b.GetSize():
+def same_grid(a, b) -> bool:
+    """Same size, and spacing, origin and direction equal within a thousandth of a voxel; ``a`` and
+    ``b`` are images or anything with their four getters (an ``ImageFileReader`` after
+    ``ReadImageInformation``)."""
+    if tuple(a.GetSize()) != tuple(b.GetSize()):
         return False
     tol = 1e-3 * min(a.GetSpacing())
     return (np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4, atol=1e-6)

@@ -16,8 +16,11 @@ import SimpleITK as sitk
 
 from medseg_core.errors import InputError
 from medseg_core.io.atomic import atomic_output
+from medseg_core.io.door import check_nifti, check_regular_file, is_nifti, quiet_stderr
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+MIN_SIZE = 4
+"""Voxels an image needs along at least two axes; fewer is a thumbnail or a damaged header."""
 
 
 def sitk_error_detail(error: Exception) -> str:
@@ -51,11 +54,64 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     series = [files for files in series if files]
     if not series:
         raise InputError(f"{folder}: is a folder with no DICOM series in it")
-    reader.SetFileNames(max(series, key=len))
+    files = max(series, key=len)
+    check_dicom_series(folder, files, [f for s in series for f in s])
+    reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        with quiet_stderr():
+            return reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{folder}: cannot read the DICOM series ({sitk_error_detail(error)})") from None
+
+
+def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str]) -> None:
+    """A series must be complete: every slice readable and whole, slices evenly spaced.
+
+    GDCM leaves a file it cannot parse out of every series, so a damaged slice would simply be
+    missing from the volume; a file that starts like DICOM but is in no series is taken as one.
+    """
+    listed = {os.path.abspath(f) for f in in_any_series}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and os.path.abspath(entry) not in listed and _looks_like_dicom(entry):
+            raise InputError(f"{entry}: is a damaged DICOM file in the series folder {folder}")
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            with quiet_stderr():
+                reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise InputError(f"{name}: cannot be read as a DICOM slice ({sitk_error_detail(error)})") from None
+        size = reader.GetSize()
+        bits = int(reader.GetMetaData("0028|0100")) if reader.HasMetaDataKey("0028|0100") else 16
+        pixel_bytes = size[0] * size[1] * reader.GetNumberOfComponents() * bits // 8
+        if Path(name).stat().st_size < pixel_bytes:
+            raise InputError(f"{name}: the DICOM slice is cut short ({Path(name).stat().st_size} bytes for "
+                             f"{size[0]} x {size[1]} voxels)")
+        if normal is None:
+            d = np.reshape(reader.GetDirection(), (3, 3))
+            normal = d[:, 2]
+        positions.append(float(np.dot(normal, reader.GetOrigin())))
+    if len(positions) >= 3:
+        steps = np.diff(np.sort(positions))
+        typical = float(np.median(steps))
+        if typical <= 0:
+            raise InputError(f"{folder}: the DICOM series has slices at the same position")
+        gap = int(np.argmax(steps))
+        if steps[gap] > 1.5 * typical:
+            missing = int(round(steps[gap] / typical)) - 1
+            raise InputError(f"{folder}: the DICOM series misses {missing} slice(s) after position "
+                             f"{np.sort(positions)[gap]:.2f} mm (slices every {typical:.2f} mm elsewhere)")
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
@@ -69,6 +125,10 @@ def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
         size[3] = 0
         image = sitk.Extract(image, size, [0, 0, 0, 0])
         dimension = 3
+    if dimension == 3 and sorted(image.GetSize())[1] < MIN_SIZE:
+        size = " x ".join(str(n) for n in image.GetSize())
+        raise InputError(f"{path}: is {size} voxels, too small to segment (at least {MIN_SIZE} voxels along two "
+                         f"axes, and more than one slice)")
     if dimension == 2 or (dimension == 3 and 1 in image.GetSize()):
         hint = " (give the folder of the DICOM series, not one file)" if path.suffix.lower() == ".dcm" else ""
         raise InputError(f"{path}: is 2D; a 3D volume is needed{hint}")
@@ -103,11 +163,15 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: does not exist")
+    check_regular_file(path)
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        if is_nifti(path):
+            check_nifti(path)
         try:
-            image = sitk.ReadImage(str(path))
+            with quiet_stderr():
+                image = sitk.ReadImage(str(path))
         except RuntimeError as error:
             raise InputError(f"{path}: cannot be read as an image ({sitk_error_detail(error)})") from None
     return _check_volume(image, path)

@@ -17,6 +17,7 @@ class TrainConfig:
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     spacing: list[float] | None = None  # (x, y, z) mm; None: the dataset's median
     crop_to_body: bool = True
+    resample_oblique: bool = False  # see PreprocessConfig: oblique grids onto axis-aligned ones
     margin_mm: float = 10.0
     batch_size: int = 2
     steps: int = 1000

@@ -49,6 +49,7 @@ def prepare_cache(config: TrainConfig, data_dir: str | Path | None, cache_dir: P
         spacings = np.array([canonical_spacing(ds.image_paths(c)[0]) for c in train])
         spacing = [float(v) for v in np.median(spacings, axis=0)]
     pre = PreprocessConfig(spacing=spacing, crop_to_body=config.crop_to_body, margin_mm=config.margin_mm,
+                           resample_oblique=config.resample_oblique,
                            modality=ds.channels[0], normalization=[scheme_for(c) for c in ds.channels])
     build_cache(ds, train + val, pre, cache_dir, log=log)
     index = read_index(cache_dir)
