@@ -122,7 +122,7 @@ def _parse(head: bytes, path: Path) -> dict:
                          f"positive (it would be read as 1 mm)")
     if sform_code > 0 and ndim >= 3:
         _check_orthogonal(srow[:, :3], path)
-    return {"sizes": sizes, "datatype": datatype, "bitpix": bitpix, "vox_offset": int(vox_offset)}
+    return {"sizes": sizes, "datatype": datatype, "bitpix": bitpix, "vox_offset": int(vox_offset), "endian": endian}
 
 
 def _check_orthogonal(matrix: np.ndarray, path: Path) -> None:
@@ -159,7 +159,7 @@ def _check_data(path: Path, offset: int, h: dict) -> None:
                     continue
                 data = tail + block[max(0, offset - start):]
                 usable = len(data) - len(data) % item
-                values = np.frombuffer(data[:usable], dtype=np.dtype(dtype).newbyteorder("="))
+                values = np.frombuffer(data[:usable], dtype=np.dtype(dtype).newbyteorder(h["endian"]))
                 if not np.isfinite(values).all():
                     bad = "NaN" if np.isnan(values).any() else "infinite"
                 tail = data[usable:]
