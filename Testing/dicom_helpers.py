@@ -7,8 +7,9 @@ from pathlib import Path
 import SimpleITK as sitk
 
 
-def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
-    """Writes an int16 volume as one DICOM file per slice (after SimpleITK's DicomSeriesFromArray)."""
+def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, compress: bool = False) -> None:
+    """Writes an int16 volume as one DICOM file per slice (after SimpleITK's DicomSeriesFromArray);
+    ``compress``: a compressed transfer syntax (GDCM's lossless JPEG 2000)."""
     folder.mkdir(parents=True, exist_ok=True)
     d = image.GetDirection()
     series_tags = [
@@ -19,6 +20,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None
     ]
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    writer.SetUseCompression(compress)
     for k in range(image.GetDepth()):
         slice_k = image[:, :, k]
         for tag, value in series_tags:

@@ -172,6 +172,11 @@ def generate(folder: Path) -> list[Case]:
             b[140:400] = bytes(rng.randrange(256) for _ in range(260))
             victim.write_bytes(bytes(b))
         seg(f"DICOM series, a slice {damage}", series, ERROR)
+    # sound series must pass: pixel data compressed (smaller than raw), or raw
+    for compress in (True, False):
+        series = new(f"dicom_sound_{compress}")
+        write_dicom_series(ct, series, "1.2.826.0.1.3680043.2.1125.2", compress=compress)
+        seg(f"DICOM series, sound ({'compressed' if compress else 'raw'})", series, SOUND)
     # bad arguments
     for extra in (["--batch-size", "0"], ["--batch-size", "-3"], ["--confidence-threshold", "7"],
                   ["--roi", "1,2,3"], ["--roi", "a,b,c,d,e,f"], ["--roi", "0,0,0,-1,-1,-1"]):

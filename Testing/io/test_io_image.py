@@ -85,6 +85,23 @@ def test_dicom_series_round_trip(tmp_path, volume):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), volume)
 
 
+def test_a_compressed_series_is_not_mistaken_for_a_cut_short_one(tmp_path):
+    from medseg_core.data.phantom import make_phantom
+
+    image = sitk.Cast(make_phantom(shape=(8, 128, 128), seed=1).image, sitk.sitkInt16)
+    write_dicom_series(image, tmp_path / "series", "1.2.826.0.1.3680043.2.1125.7", compress=True)
+    smallest = min(p.stat().st_size for p in (tmp_path / "series").iterdir())
+    assert smallest < 128 * 128 * 2  # a slice smaller than its raw pixels: the size check must not apply
+    assert read_image(tmp_path / "series").GetSize() == image.GetSize()
+
+
+def test_the_shared_chest_series_passes_the_door():
+    folder = Path(__file__).resolve().parents[3] / "shared" / "data" / "other-ct" / "chest_dicom"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent (the shared data are optional)")
+    assert read_image(folder).GetSize()[:2] == (512, 512)  # JPEG-compressed slices, smaller than raw
+
+
 def test_folder_without_dicom_is_an_input_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(InputError) as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str])
         size = reader.GetSize()
         bits = int(reader.GetMetaData("0028|0100")) if reader.HasMetaDataKey("0028|0100") else 16
         pixel_bytes = size[0] * size[1] * reader.GetNumberOfComponents() * bits // 8
-        if Path(name).stat().st_size < pixel_bytes:
+        if _uncompressed(Path(name)) and Path(name).stat().st_size < pixel_bytes:
             raise InputError(f"{name}: the DICOM slice is cut short ({Path(name).stat().st_size} bytes for "
                              f"{size[0]} x {size[1]} voxels)")
         if normal is None:
@@ -103,6 +104,36 @@ def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str])
             missing = int(round(steps[gap] / typical)) - 1
             raise InputError(f"{folder}: the DICOM series misses {missing} slice(s) after position "
                              f"{np.sort(positions)[gap]:.2f} mm (slices every {typical:.2f} mm elsewhere)")
+
+
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def _uncompressed(path: Path) -> bool:
+    """The file stores its pixels raw (implicit or explicit VR, little or big endian), so its size
+    can be checked against the pixel count; a compressed transfer syntax (JPEG, RLE, deflate)
+    cannot. Reads the transfer syntax from the file meta group (always explicit VR little endian)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if head[128:132] != b"DICM":
+        return True  # no meta group: implicit VR little endian, uncompressed
+    pos = 132
+    while pos + 8 <= len(head):
+        group, element = struct.unpack("<HH", head[pos:pos + 4])
+        if group != 0x0002:
+            break
+        vr = head[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length, value_at = struct.unpack("<I", head[pos + 8:pos + 12])[0], pos + 12
+        else:
+            length, value_at = struct.unpack("<H", head[pos + 6:pos + 8])[0], pos + 8
+        if element == 0x0010:
+            return head[value_at:value_at + length].rstrip(b"\0 ").decode("ascii", "replace") in _UNCOMPRESSED
+        pos = value_at + length
+    return True
 
 
 def _looks_like_dicom(path: Path) -> bool:
