@@ -72,7 +72,7 @@ class RawDataset:
                 try:
                     reader.ReadImageInformation()
                 except RuntimeError as error:
-                    from ..io.image import sitk_error_detail
+                    from ..io.door import sitk_error_detail
 
                     raise InputError(f"{p}: image of case {case} cannot be read ({sitk_error_detail(error)})") from None
                 if not same_grid(reader, label):  # a reader answers the grid questions as an image does

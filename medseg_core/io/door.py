@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -33,6 +34,23 @@ from ..errors import InputError
 CHUNK = 1 << 20
 # NIfTI datatype codes of floating-point voxels -> numpy dtype (complex types are refused by the reader)
 _FLOAT_CODES = {16: np.float32, 64: np.float64}
+
+
+def sitk_error_detail(error: Exception) -> str:
+    """Condenses a (multi-line) SimpleITK/ITK error message into one short line.
+
+    Args:
+        error: the exception raised by SimpleITK.
+
+    Returns:
+        The ``sitk::ERROR`` text when present, else the whole message, on one line.
+    """
+    text = str(error)
+    match = re.search(r"sitk::ERROR:\s*(.*)", text, flags=re.S)
+    if match:
+        text = match.group(1)
+    text = " ".join(text.split())
+    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def check_regular_file(path: Path) -> None:

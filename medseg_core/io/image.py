@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,132 +16,12 @@ import SimpleITK as sitk
 
 from medseg_core.errors import InputError
 from medseg_core.io.atomic import atomic_output
-from medseg_core.io.door import check_nifti, check_regular_file, is_nifti, quiet_stderr
+from medseg_core.io.dicom import read_dicom_folder
+from medseg_core.io.door import check_nifti, check_regular_file, is_nifti, quiet_stderr, sitk_error_detail
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
 MIN_SIZE = 4
 """Voxels an image needs along at least two axes; fewer is a thumbnail or a damaged header."""
-
-
-def sitk_error_detail(error: Exception) -> str:
-    """Condenses a (multi-line) SimpleITK/ITK error message into one short line.
-
-    Args:
-        error: the exception raised by SimpleITK.
-
-    Returns:
-        The ``sitk::ERROR`` text when present, else the whole message, on one line.
-    """
-    text = str(error)
-    match = re.search(r"sitk::ERROR:\s*(.*)", text, flags=re.S)
-    if match:
-        text = match.group(1)
-    text = " ".join(text.split())
-    return text[:200] + ("..." if len(text) > 200 else "")
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr when no series is found
-    try:
-        series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError as error:
-        raise InputError(f"{folder}: cannot scan the folder for DICOM ({sitk_error_detail(error)})") from None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-    series = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
-    series = [files for files in series if files]
-    if not series:
-        raise InputError(f"{folder}: is a folder with no DICOM series in it")
-    files = max(series, key=len)
-    check_dicom_series(folder, files, [f for s in series for f in s])
-    reader.SetFileNames(files)
-    try:
-        with quiet_stderr():
-            return reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"{folder}: cannot read the DICOM series ({sitk_error_detail(error)})") from None
-
-
-def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str]) -> None:
-    """A series must be complete: every slice readable and whole, slices evenly spaced.
-
-    GDCM leaves a file it cannot parse out of every series, so a damaged slice would simply be
-    missing from the volume; a file that starts like DICOM but is in no series is taken as one.
-    """
-    listed = {os.path.abspath(f) for f in in_any_series}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file() and os.path.abspath(entry) not in listed and _looks_like_dicom(entry):
-            raise InputError(f"{entry}: is a damaged DICOM file in the series folder {folder}")
-    positions, normal = [], None
-    for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
-        try:
-            with quiet_stderr():
-                reader.ReadImageInformation()
-        except RuntimeError as error:
-            raise InputError(f"{name}: cannot be read as a DICOM slice ({sitk_error_detail(error)})") from None
-        size = reader.GetSize()
-        bits = int(reader.GetMetaData("0028|0100")) if reader.HasMetaDataKey("0028|0100") else 16
-        pixel_bytes = size[0] * size[1] * reader.GetNumberOfComponents() * bits // 8
-        if _uncompressed(Path(name)) and Path(name).stat().st_size < pixel_bytes:
-            raise InputError(f"{name}: the DICOM slice is cut short ({Path(name).stat().st_size} bytes for "
-                             f"{size[0]} x {size[1]} voxels)")
-        if normal is None:
-            d = np.reshape(reader.GetDirection(), (3, 3))
-            normal = d[:, 2]
-        positions.append(float(np.dot(normal, reader.GetOrigin())))
-    if len(positions) >= 3:
-        steps = np.diff(np.sort(positions))
-        typical = float(np.median(steps))
-        if typical <= 0:
-            raise InputError(f"{folder}: the DICOM series has slices at the same position")
-        gap = int(np.argmax(steps))
-        if steps[gap] > 1.5 * typical:
-            missing = int(round(steps[gap] / typical)) - 1
-            raise InputError(f"{folder}: the DICOM series misses {missing} slice(s) after position "
-                             f"{np.sort(positions)[gap]:.2f} mm (slices every {typical:.2f} mm elsewhere)")
-
-
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
-
-
-def _uncompressed(path: Path) -> bool:
-    """The file stores its pixels raw (implicit or explicit VR, little or big endian), so its size
-    can be checked against the pixel count; a compressed transfer syntax (JPEG, RLE, deflate)
-    cannot. Reads the transfer syntax from the file meta group (always explicit VR little endian)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    if head[128:132] != b"DICM":
-        return True  # no meta group: implicit VR little endian, uncompressed
-    pos = 132
-    while pos + 8 <= len(head):
-        group, element = struct.unpack("<HH", head[pos:pos + 4])
-        if group != 0x0002:
-            break
-        vr = head[pos + 4:pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length, value_at = struct.unpack("<I", head[pos + 8:pos + 12])[0], pos + 12
-        else:
-            length, value_at = struct.unpack("<H", head[pos + 6:pos + 8])[0], pos + 8
-        if element == 0x0010:
-            return head[value_at:value_at + length].rstrip(b"\0 ").decode("ascii", "replace") in _UNCOMPRESSED
-        pos = value_at + length
-    return True
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
@@ -196,7 +75,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise InputError(f"{path}: does not exist")
     check_regular_file(path)
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        image = read_dicom_folder(path)
     else:
         if is_nifti(path):
             check_nifti(path)
