@@ -24,7 +24,7 @@ MIN_SIZE = 4
 """Voxels an image needs along at least two axes; fewer is a thumbnail or a damaged header."""
 
 
-def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
+def _check_volume(image: sitk.Image, path: Path, min_size: int = 1) -> sitk.Image:
     """Returns ``image`` as a 3D scalar image, or raises InputError."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -35,9 +35,9 @@ def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
         size[3] = 0
         image = sitk.Extract(image, size, [0, 0, 0, 0])
         dimension = 3
-    if dimension == 3 and sorted(image.GetSize())[1] < MIN_SIZE:
+    if dimension == 3 and min_size > 1 and sorted(image.GetSize())[1] < min_size:
         size = " x ".join(str(n) for n in image.GetSize())
-        raise InputError(f"{path}: is {size} voxels, too small to segment (at least {MIN_SIZE} voxels along two "
+        raise InputError(f"{path}: is {size} voxels, too small to segment (at least {min_size} voxels along two "
                          f"axes, and more than one slice)")
     if dimension == 2 or (dimension == 3 and 1 in image.GetSize()):
         hint = " (give the folder of the DICOM series, not one file)" if path.suffix.lower() == ".dcm" else ""
@@ -53,7 +53,7 @@ def _check_volume(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
+def read_image(path: str | os.PathLike, min_size: int = 1) -> sitk.Image:
     """Reads a 3D scalar volume from a file or from a folder holding a DICOM series.
 
     Files are anything SimpleITK reads (.nii, .nii.gz, .nrrd, .mha, .mhd, ...). For a folder,
@@ -62,6 +62,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 
     Args:
         path: image file or DICOM folder.
+        min_size: voxels needed along at least two axes (``MIN_SIZE`` for an image to segment;
+            a label or a cropped correction may be thinner).
 
     Returns:
         The 3D image (its pixel type as stored).
@@ -84,7 +86,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
                 image = sitk.ReadImage(str(path))
         except RuntimeError as error:
             raise InputError(f"{path}: cannot be read as an image ({sitk_error_detail(error)})") from None
-    return _check_volume(image, path)
+    return _check_volume(image, path, min_size)
 
 
 def channel_paths(path: Path, n_channels: int) -> list[Path]:
@@ -102,7 +104,7 @@ def channel_paths(path: Path, n_channels: int) -> list[Path]:
 def read_channels(path: str | os.PathLike, n_channels: int) -> list[sitk.Image]:
     """A case's channels (see :func:`channel_paths`), all on the first one's grid."""
     paths = channel_paths(Path(path), n_channels)
-    images = [read_image(p) for p in paths]
+    images = [read_image(p, MIN_SIZE) for p in paths]
     for p, im in zip(paths[1:], images[1:]):
         if im.GetSize() != images[0].GetSize():
             raise InputError(f"{p}: channel grid {im.GetSize()} differs from {images[0].GetSize()}")
