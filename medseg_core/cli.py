@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--roi", metavar="x0,y0,z0,x1,y1,z1", help="segment only inside this box (LPS mm)")
     s.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
+    r = sub.add_parser("refine", help="re-segment prompted organs of an existing result")
+    r.add_argument("input", metavar="IMAGE", help="the image (file or DICOM series folder)")
+    r.add_argument("--model", required=True, help="model name or package folder")
+    r.add_argument("--labels", required=True, help="the current labels on the image's grid (labelmap or .seg.nrrd)")
+    r.add_argument("--output", required=True, help="output folder")
+    r.add_argument("--prompt", action="append", required=True, metavar="LABEL:KIND:NUMBERS",
+                   help="LABEL:point:x,y,z (the organ is here), LABEL:box:x0,y0,z0,x1,y1,z1 (it is inside) or "
+                        "LABEL:negative:x,y,z (not this part); LPS mm; repeat for more")
+    r.add_argument("--device", default="auto", choices=DEVICES)
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    r.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
+
     m = sub.add_parser("models", help="list the installed models")
     m.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -110,6 +122,22 @@ def cmd_segment(a) -> int:
     else:
         for r in reports:
             print(f"{r['input']}: {r['seconds']['total']:.1f} s on {r['device']} -> {r['outputs']['segmentation']}")
+    return 0
+
+
+def cmd_refine(a) -> int:
+    from .commands import RefineRequest, run_refine
+
+    request = RefineRequest(input=a.input, model=a.model, labels=a.labels, output=a.output, prompts=a.prompt,
+                            overwrite=a.overwrite, device=a.device)
+    record = run_refine(request, progress=_reporter(a))
+    _close(a)
+    if a.progress == "json":
+        a.reporter.result(record["outputs"], f"{len(record['changes'])} prompt(s) applied")
+    else:
+        for c in record["changes"]:
+            print(f"{c['label']} ({c['kind']}): +{c['voxels_added']} / -{c['voxels_removed']} voxels")
+        print(f"{record['seconds']['total']:.2f} s -> {record['outputs']['segmentation']}")
     return 0
 
 
@@ -238,7 +266,7 @@ def _watchdog() -> None:
     os._exit(EXIT_CANCELLED)
 
 
-COMMANDS = {"segment": cmd_segment, "models": cmd_models, "train": cmd_train, "finetune": cmd_finetune,
+COMMANDS = {"segment": cmd_segment, "refine": cmd_refine, "models": cmd_models, "train": cmd_train, "finetune": cmd_finetune,
             "evaluate": cmd_evaluate, "demo": cmd_demo, "worker": cmd_worker}
 
 

@@ -11,8 +11,11 @@ Requests::
                                              "confidence_threshold": 0.5, "roi": null, "overwrite": false}}
     {"id": "2", "command": "finetune", "args": {"model": ..., "cases": [[image, label], ...], "steps": null,
                                               "lr": null, "name": null, "device": "auto"}}
-    {"id": "3", "command": "models"}
-    {"id": "4", "command": "shutdown"}
+    {"id": "3", "command": "refine", "args": {"input": "ct.nii.gz", "model": "hn-oar", "labels": "out/ct_labels.nii.gz",
+                                            "output": "out2", "overwrite": true, "device": "auto",
+                                            "prompts": [{"label": "Larynx", "point": [x, y, z]}]}}
+    {"id": "4", "command": "models"}
+    {"id": "5", "command": "shutdown"}
 
 Each request's ``args`` are checked by the command's request type (``medseg_core.commands``), as
 the CLI's options are: a bad or unknown argument gets an ``error`` event (code 2) and the worker
@@ -61,6 +64,14 @@ class Worker:
 
         return finetune_outputs(run_finetune(FinetuneRequest.from_dict(args), progress=reporter))
 
+    def refine(self, args: dict, reporter: JsonReporter):
+        from .commands import RefineRequest, run_refine
+
+        request = RefineRequest.from_dict(args)
+        pred, _ = self.predictor(request.model, request.device, 4)
+        pred.progress = reporter
+        return run_refine(request, progress=reporter, predictor=pred)
+
     def models(self, args: dict, reporter: JsonReporter):
         from .commands import models_json
 
@@ -79,9 +90,10 @@ class Worker:
         if command == "shutdown":
             reporter.result(None, "bye")
             return False
-        handler = {"segment": self.segment, "finetune": self.finetune, "models": self.models}.get(command)
+        handler = {"segment": self.segment, "refine": self.refine, "finetune": self.finetune,
+                   "models": self.models}.get(command)
         if handler is None:
-            reporter.error(f"unknown command {command!r} (segment, finetune, models, shutdown)", EXIT_INPUT)
+            reporter.error(f"unknown command {command!r} (segment, refine, finetune, models, shutdown)", EXIT_INPUT)
             return True
         try:
             reporter.result(handler(req.get("args", {}), reporter))

@@ -1,0 +1,161 @@
+"""Prompts that re-segment one organ: a point ("this organ is here"), a box ("this organ is inside")
+or a negative point ("not this component").
+
+The current labelmap (perhaps edited by the user) changes only for the prompted label and only
+inside the prompt's region; other labels are never overwritten. A point runs the model on a crop
+around it (``POINT_HALF_MM`` each way, plus the predictor's own context) and keeps the organ's
+connected component that holds the point, or the nearest one; a box runs the model inside the box
+and keeps the organ's largest component there; a negative point removes the organ's component
+under it without running the model. This is the path for every network; the papers' own region
+heads (FocusNet's SOS-Net on a centre, L-SNet's S-Net on a box) are not used yet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..labels import name_key
+from .regions import index_box_to_physical, physical_box_to_index
+
+POINT_HALF_MM = 40.0
+"""Half the side of the region a point prompt may change (before the model's context)."""
+KINDS = ("point", "box", "negative")
+
+
+@dataclass
+class Prompt:
+    """``label``: a model label's name; ``kind``: point, box or negative; ``mm``: LPS millimetres,
+    three numbers (a point) or six (a box ``x0, y0, z0, x1, y1, z1``)."""
+
+    label: str
+    kind: str
+    mm: list[float]
+
+
+@dataclass
+class RefineResult:
+    """Attributes:
+        labels: the refined labelmap (the input labels' geometry).
+        changes: one dict per prompt: label, kind, voxels added and removed, the changed region
+            (``box_index`` ``[i0, j0, k0, i1, j1, k1)`` and ``box_mm``, or None when nothing changed).
+        seconds: per stage (``infer`` covers the model runs).
+    """
+
+    labels: sitk.Image
+    changes: list[dict] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def refine(predictor, images: list[sitk.Image], labels: sitk.Image, prompts: list[Prompt]) -> RefineResult:
+    """Apply ``prompts`` in turn to ``labels`` (on ``images[0]``'s grid) with ``predictor``'s model."""
+    reference = images[0]
+    card = predictor.card
+    values = {name_key(lab.name): lab.value for lab in card.labels}
+    if labels.GetSize() != reference.GetSize():
+        raise InputError(f"--labels: the labels' grid {labels.GetSize()} is not the image's {reference.GetSize()}")
+    current = sitk.GetArrayFromImage(labels).astype(np.uint8 if card.num_classes < 256 else np.uint16)
+    seconds = {"infer": 0.0, "edit": 0.0}
+    changes = []
+    for prompt in prompts:
+        value = values.get(name_key(prompt.label))
+        if value is None:
+            raise InputError(f"--prompt {prompt.label}: not a label of {card.name} "
+                             f"({', '.join(lab.name for lab in card.labels)})")
+        box_mm = _region(prompt, reference)
+        lo, hi = physical_box_to_index(reference, box_mm)
+        t = time.perf_counter()
+        if prompt.kind == "negative":
+            new = None
+        else:
+            pred = predictor.predict(images, confidence=False, roi_mm=box_mm)
+            new = sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
+        seconds["infer"] += time.perf_counter() - t
+        t = time.perf_counter()
+        changes.append(_apply(current, value, prompt, new, lo, hi, reference))
+        seconds["edit"] += time.perf_counter() - t
+    out = sitk.GetImageFromArray(current)
+    out.CopyInformation(labels)
+    return RefineResult(out, changes, seconds)
+
+
+def _region(prompt: Prompt, reference: sitk.Image) -> list[float]:
+    """The LPS box a prompt may change; a point must lie in the image, a box must overlap it."""
+    if prompt.kind == "box":
+        box = list(prompt.mm)
+    else:
+        index = reference.TransformPhysicalPointToContinuousIndex([float(v) for v in prompt.mm])
+        if any(not -0.5 <= i <= n - 0.5 for i, n in zip(index, reference.GetSize())):
+            raise InputError(f"--prompt {prompt.label}:{prompt.kind}: the point {list(prompt.mm)} mm lies outside "
+                             f"the image")
+        box = [c - POINT_HALF_MM for c in prompt.mm] + [c + POINT_HALF_MM for c in prompt.mm]
+    lo, hi = physical_box_to_index(reference, box)
+    if min(h - low for low, h in zip(lo, hi)) <= 0:
+        raise InputError(f"--prompt {prompt.label}:box: the box {box} mm does not overlap the image")
+    return box
+
+
+def _apply(current: np.ndarray, value: int, prompt: Prompt, new, lo, hi, reference) -> dict:
+    """Edit ``current`` in place inside the region; what changed."""
+    region = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    old = current[region]
+    organ = old == value
+    if prompt.kind == "negative":
+        seed = _seed(reference, prompt.mm, lo)
+        keep = _component(organ, seed)
+        added, removed = np.zeros_like(organ), keep
+    else:
+        if prompt.kind == "point":
+            comp = _component(new, _seed(reference, prompt.mm, lo), nearest=True)
+        else:
+            comp = _largest(new)
+        free = (old == 0) | organ
+        added = comp & free & ~organ
+        removed = organ & ~comp
+    old[removed] = 0
+    old[added] = value
+    changed = added | removed
+    record = {"label": prompt.label, "kind": prompt.kind, "prompt_mm": list(prompt.mm),
+              "voxels_added": int(added.sum()), "voxels_removed": int(removed.sum()), "box_index": None, "box_mm": None}
+    if changed.any():
+        idx = np.argwhere(changed)
+        c_lo = idx.min(0)[::-1] + np.asarray(lo)
+        c_hi = idx.max(0)[::-1] + 1 + np.asarray(lo)
+        record["box_index"] = [int(v) for v in list(c_lo) + list(c_hi)]
+        record["box_mm"] = index_box_to_physical(reference, c_lo, c_hi)
+    return record
+
+
+def _seed(reference: sitk.Image, point_mm, lo) -> tuple[int, int, int]:
+    """The point's voxel in the region's (z, y, x) array."""
+    i, j, k = reference.TransformPhysicalPointToIndex([float(v) for v in point_mm])
+    return k - lo[2], j - lo[1], i - lo[0]
+
+
+def _component(mask: np.ndarray, seed, nearest: bool = False) -> np.ndarray:
+    """The connected component (26-connected) of ``mask`` holding ``seed``; with ``nearest``, the
+    component nearest to it when none holds it. Empty when there is none."""
+    if not mask.any():
+        return np.zeros_like(mask)
+    comps = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    seed = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(seed, mask.shape))
+    which = comps[seed]
+    if which == 0:
+        if not nearest:
+            return np.zeros_like(mask)
+        idx = np.argwhere(comps > 0)
+        which = comps[tuple(idx[np.argmin(((idx - np.asarray(seed)) ** 2).sum(1))])]
+    return comps == which
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    if not mask.any():
+        return np.zeros_like(mask)
+    comps = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    counts = np.bincount(comps.ravel())
+    counts[0] = 0
+    return comps == int(np.argmax(counts))
