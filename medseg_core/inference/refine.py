@@ -3,8 +3,9 @@ or a negative point ("not this component").
 
 The current labelmap (perhaps edited by the user) changes only for the prompted label and only
 inside the prompt's region; other labels are never overwritten. A point runs the model on a crop
-around it (``POINT_HALF_MM`` each way, plus the predictor's own context) and keeps the organ's
-connected component that holds the point, or the nearest one; a box runs the model inside the box
+around it (``POINT_HALF_MM`` each way, plus the predictor's own context), grown where the organ
+runs out of it, and keeps the organ's connected component that holds the point, or the nearest
+one; a box runs the model inside the box
 and keeps the organ's largest component there; a negative point removes the organ's component
 under it without running the model. This is the path for every network; the papers' own region
 heads (FocusNet's SOS-Net on a centre, L-SNet's S-Net on a box) are not used yet.
@@ -24,6 +25,8 @@ from .regions import index_box_to_physical, physical_box_to_index
 
 POINT_HALF_MM = 40.0
 """Half the side of the region a point prompt may change (before the model's context)."""
+GROW_STEPS = 2
+"""How many times a point's region may grow where the organ reaches its edge."""
 KINDS = ("point", "box", "negative")
 
 
@@ -71,9 +74,10 @@ def refine(predictor, images: list[sitk.Image], labels: sitk.Image, prompts: lis
         t = time.perf_counter()
         if prompt.kind == "negative":
             new = None
+        elif prompt.kind == "box":
+            new = _predict(predictor, images, value, lo, hi, box_mm)
         else:
-            pred = predictor.predict(images, confidence=False, roi_mm=box_mm)
-            new = sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
+            new, lo, hi = _grow(predictor, images, value, prompt, lo, hi)
         seconds["infer"] += time.perf_counter() - t
         t = time.perf_counter()
         changes.append(_apply(current, value, prompt, new, lo, hi, reference))
@@ -81,6 +85,39 @@ def refine(predictor, images: list[sitk.Image], labels: sitk.Image, prompts: lis
     out = sitk.GetImageFromArray(current)
     out.CopyInformation(labels)
     return RefineResult(out, changes, seconds)
+
+
+def _predict(predictor, images, value: int, lo, hi, box_mm=None) -> np.ndarray:
+    """The model's mask of ``value`` in the voxel box ``[lo, hi)``, run on that box (plus context)."""
+    box_mm = box_mm if box_mm is not None else index_box_to_physical(images[0], lo, hi)
+    pred = predictor.predict(images, confidence=False, roi_mm=box_mm)
+    return sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
+
+
+def _grow(predictor, images, value: int, prompt: Prompt, lo, hi):
+    """A point's region, grown (up to ``GROW_STEPS`` times, by ``POINT_HALF_MM``) across each face
+    the organ's component touches, so a long organ (spinal cord, oesophagus) is not cut at the
+    region's edge; the mask and the final region."""
+    reference = images[0]
+    size, spacing = np.asarray(reference.GetSize()), np.asarray(reference.GetSpacing())
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    step = np.maximum(1, np.round(POINT_HALF_MM / spacing)).astype(int)
+    for attempt in range(GROW_STEPS + 1):
+        new = _predict(predictor, images, value, lo.tolist(), hi.tolist())
+        comp = _component(new, _seed(reference, prompt.mm, lo), nearest=True)
+        if attempt == GROW_STEPS or not comp.any():
+            break
+        grown_lo, grown_hi = lo.copy(), hi.copy()
+        for axis in range(3):  # (i, j, k); the array is (z, y, x)
+            a = 2 - axis
+            if lo[axis] > 0 and comp.take(0, axis=a).any():
+                grown_lo[axis] = max(0, lo[axis] - step[axis])
+            if hi[axis] < size[axis] and comp.take(-1, axis=a).any():
+                grown_hi[axis] = min(size[axis], hi[axis] + step[axis])
+        if np.array_equal(grown_lo, lo) and np.array_equal(grown_hi, hi):
+            break
+        lo, hi = grown_lo, grown_hi
+    return new, lo.tolist(), hi.tolist()
 
 
 def _region(prompt: Prompt, reference: sitk.Image) -> list[float]:
