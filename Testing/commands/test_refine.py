@@ -119,3 +119,27 @@ def test_the_worker_answers_a_refine_request(case, tmp_path):
     assert ends["r1"]["event"] == ends["r2"]["event"] == "result" and ends["r3"]["event"] == "error"
     assert (tmp_path / "w" / "ph_labels.nii.gz").is_file()
     assert len(worker.predictors) == 1
+
+
+def test_a_point_on_a_long_organ_grows_its_region_to_take_it_whole(case, tmp_path):
+    from medseg_core.inference.refine import POINT_HALF_MM
+
+    cord = 2
+    arr = case["labels"]
+    erased = arr.copy()
+    erased[erased == cord] = 0
+    img = sitk.GetImageFromArray(erased)
+    img.CopyInformation(case["ref"])
+    current = tmp_path / "no_cord.nii.gz"
+    sitk.WriteImage(img, str(current))
+    centre = np.argwhere(arr == cord).mean(0)[::-1]
+    point = case["ref"].TransformContinuousIndexToPhysicalPoint(centre.tolist())
+    args = ["refine", str(case["image"]), "--model", MODEL, "--labels", str(current), "--output", str(tmp_path / "o"),
+            "--device", "cpu", "--progress", "none", "--prompt", f"SpinalCord:point:{_fmt(point)}"]
+    assert cli.main(args) == 0
+    record = json.loads((tmp_path / "o" / "ph_refine.json").read_text())
+    z0, z1 = record["changes"][0]["box_mm"][2], record["changes"][0]["box_mm"][5]
+    extent = (arr == cord).any(axis=(1, 2)).sum() * case["ref"].GetSpacing()[2]
+    assert extent > 2 * POINT_HALF_MM and z1 - z0 > 2 * POINT_HALF_MM  # longer than the first region, and taken
+    new = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "ph_labels.nii.gz")))
+    assert 2 * ((new == cord) & (arr == cord)).sum() / ((new == cord).sum() + (arr == cord).sum()) > 0.9
