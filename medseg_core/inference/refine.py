@@ -178,7 +178,7 @@ def _component(mask: np.ndarray, seed, nearest: bool = False) -> np.ndarray:
     component nearest to it when none holds it. Empty when there is none."""
     if not mask.any():
         return np.zeros_like(mask)
-    comps = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    comps = _components(mask)
     seed = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(seed, mask.shape))
     which = comps[seed]
     if which == 0:
@@ -192,7 +192,12 @@ def _component(mask: np.ndarray, seed, nearest: bool = False) -> np.ndarray:
 def _largest(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         return np.zeros_like(mask)
-    comps = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    comps = _components(mask)
     counts = np.bincount(comps.ravel())
     counts[0] = 0
     return comps == int(np.argmax(counts))
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """26-connected component labels of a boolean (z, y, x) mask."""
+    return sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
