@@ -28,16 +28,21 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from .errors import EXIT_INPUT, MedSegError
 from .progress import JsonReporter
+
+IMAGE_CACHE = 2
+"""Cases whose images the worker keeps between requests (a refine reads its case once)."""
 
 
 class Worker:
     def __init__(self, stdout: TextIO | None = None):
         self.stdout = stdout or sys.stdout
         self.predictors: dict[tuple, object] = {}
+        self.images: dict[tuple, list] = {}  # recent images, by path, modification time and size
 
     def predictor(self, model: str, device: str, batch_size: int):
         from .inference.predictor import Predictor
@@ -48,6 +53,20 @@ class Worker:
         if key not in self.predictors:
             self.predictors[key] = Predictor(pkg, device=device, batch_size=batch_size)
         return self.predictors[key], key
+
+    def read_images(self, path: str, n_channels: int) -> list:
+        """A case's channels, kept for the next request on the same unchanged files (the last
+        ``IMAGE_CACHE`` cases)."""
+        from .io import channel_paths, read_channels
+
+        stats = [p.stat() for p in channel_paths(Path(path), n_channels) if p.exists()]
+        key = (str(Path(path).resolve()), n_channels, tuple((s.st_mtime_ns, s.st_size) for s in stats))
+        if key not in self.images:
+            images = read_channels(path, n_channels)
+            while len(self.images) >= IMAGE_CACHE:
+                self.images.pop(next(iter(self.images)))  # the oldest
+            self.images[key] = images
+        return self.images[key]
 
     def segment(self, args: dict, reporter: JsonReporter):
         from .commands import SegmentRequest, run_segment
@@ -70,7 +89,7 @@ class Worker:
         request = RefineRequest.from_dict(args)
         pred, _ = self.predictor(request.model, request.device, 4)
         pred.progress = reporter
-        return run_refine(request, progress=reporter, predictor=pred)
+        return run_refine(request, progress=reporter, predictor=pred, read_images=self.read_images)
 
     def models(self, args: dict, reporter: JsonReporter):
         from .commands import models_json

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -119,6 +120,11 @@ def test_the_worker_answers_a_refine_request(case, tmp_path):
     assert ends["r1"]["event"] == ends["r2"]["event"] == "result" and ends["r3"]["event"] == "error"
     assert (tmp_path / "w" / "ph_labels.nii.gz").is_file()
     assert len(worker.predictors) == 1
+    assert len(worker.images) == 1  # the case was read once for both refines
+    first = next(iter(worker.images.values()))
+    assert worker.read_images(str(case["image"]), 1) is first
+    os.utime(case["image"], ns=(1, 1))  # the file changed: read again
+    assert worker.read_images(str(case["image"]), 1) is not first and len(worker.images) == 2
 
 
 def test_a_point_on_a_long_organ_grows_its_region_to_take_it_whole(case, tmp_path):

@@ -93,8 +93,11 @@ def refine_outputs(output: str | Path, stem: str) -> dict[str, Path]:
             "refine": Path(output) / f"{stem}_refine.json"}
 
 
-def run_refine(request: RefineRequest, progress: Callable | None = None, predictor=None) -> dict:
-    """Refine and write the outputs (staged, renamed together); the refine record, with its outputs."""
+def run_refine(request: RefineRequest, progress: Callable | None = None, predictor=None, read_images=None) -> dict:
+    """Refine and write the outputs (staged, renamed together); the refine record, with its outputs.
+
+    ``read_images(path, n_channels)`` reads the image (default ``io.read_channels``); the worker
+    passes one that keeps recent images, so a second prompt on the same case reads nothing."""
     from ..inference.predictor import Predictor
     from ..inference.refine import refine
     from ..io import OutputSet, read_channels, read_segmentation, write_labelmap, write_segmentation
@@ -113,7 +116,7 @@ def run_refine(request: RefineRequest, progress: Callable | None = None, predict
                              else f"{path}: an output name is taken by a folder; move it away")
     with output_folder(request.output) as make_folder:
         report("read", 0.0, f"reading {Path(request.input).name}")
-        images = read_channels(request.input, len(package.card.channels))
+        images = (read_images or read_channels)(request.input, len(package.card.channels))
         labels, _ = read_segmentation(request.labels)
         if not same_grid(labels, images[0]):
             raise InputError(f"{request.labels}: the labels are not on the image's grid ({labels.GetSize()} voxels "
