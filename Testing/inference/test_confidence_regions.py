@@ -259,3 +259,31 @@ def test_2d_network_regions_span_the_slices_where_they_show():
     focus = Heads(heatmaps=1, heatmap_classes=[1], threshold=0.5, roi_sizes=[[4, 6]])
     (r,) = network_regions(heat, None, focus, grid, ref, {1: "Gland"})
     assert r["source"] == "heatmap" and r["box_index"] == [7, 8, 3, 13, 12, 6]
+
+
+def test_lsnet_segments_a_box_smaller_than_its_window(tmp_path, phantom):
+    """A user box of a few voxels: the crop is padded to the trained window, so the L-Net's deepest
+    level keeps some extent (instance norm once refused a 1 x 1 map), and the result stays in the box."""
+    import copy
+
+    import torch
+
+    from medseg_core.models import find_model, save_package
+    from medseg_core.models.card import NetworkSpec
+    from medseg_core.nets import build_network
+
+    card = copy.deepcopy(find_model("phantom-unet").card)
+    card.name, card.training = "tiny-lsnet", {}
+    card.network = NetworkSpec("lsnet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 6,
+                                         "lnet_features": [4, 8, 16, 32], "snet_features": [4, 8], "roi_size": 16})
+    torch.manual_seed(0)
+    save_package(card, build_network("lsnet", **card.network.kwargs).state_dict(), tmp_path / card.name)
+    path = tmp_path / "ph.nii.gz"
+    sitk.WriteImage(phantom.image, str(path))
+    box_mm = index_box_to_physical(phantom.image, [30, 30, 20], [34, 34, 23])
+    report = segment_files([path], str(tmp_path / card.name), tmp_path / "o", device="cpu", roi_mm=box_mm)[0]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"]))
+    ilo, ihi = physical_box_to_index(phantom.image, box_mm)
+    inside = np.zeros(labels.shape, bool)
+    inside[ilo[2]:ihi[2], ilo[1]:ihi[1], ilo[0]:ihi[0]] = True
+    assert not labels[~inside].any()

@@ -151,21 +151,29 @@ class Predictor:
         lo = np.clip(np.floor(idx.min(0) + 0.5), 0, None)[::-1]  # (z, y, x) voxel edges
         hi = np.minimum(np.ceil(idx.max(0) + 0.5), np.array(image.shape[1:][::-1]))[::-1]
         x = torch.from_numpy(image)[None].to(self.device)
+        # the L-Net still runs over the whole input: a crop smaller than the trained window is
+        # padded at its far end (box coordinates unchanged) so its deepest level keeps some extent
+        spatial = list(image.shape[1:]) if self.card.spatial_dims == 3 else list(image.shape[2:])
+        pad = [max(0, int(p) - n) for p, n in zip(self.card.patch_size, spatial)]
+        if any(pad):
+            flat = [v for d in reversed(pad) for v in (0, d)]
+            x = torch.nn.functional.pad(x, flat + ([0, 0] if self.card.spatial_dims == 2 else []),
+                                        value=float(x.min()))
         with torch.inference_mode():
             if self.card.spatial_dims == 3:
                 box = torch.tensor([[list(lo) + list(hi)]], dtype=torch.float32, device=self.device)
-                logits = self.net(x, boxes=box).logits[0]
+                logits = self.net(x, boxes=box).logits[0][(slice(None),) + tuple(slice(0, n) for n in spatial)]
             else:  # slice by slice inside the box
                 n = self.card.num_classes
                 logits = torch.full((n,) + tuple(image.shape[1:]), -10.0, device=self.device)
                 logits[0] = 0.0
                 box = torch.tensor([[[lo[1], lo[2], hi[1], hi[2]]]], dtype=torch.float32, device=self.device)
                 for z in range(int(lo[0]), int(hi[0])):
-                    logits[:, z] = self.net(x[:, :, z], boxes=box).logits[0]
+                    logits[:, z] = self.net(x[:, :, z], boxes=box).logits[0][:, :spatial[0], :spatial[1]]
         return torch.softmax(logits.float(), 0).cpu().numpy()
 
     def predict(self, images: list[sitk.Image], tta: bool = False, confidence: bool = True,
-                roi_mm: list[float] | None = None) -> Prediction:
+                roi_mm: list[float] | None = None, organ_box: bool = True) -> Prediction:
         """Segment one case given its channels (the first is the reference grid).
 
         Args:
@@ -173,6 +181,9 @@ class Predictor:
             confidence: also compute the confidence map on the input grid.
             roi_mm: segment only inside this LPS box ``[x0, y0, z0, x1, y1, z1]``; outside is
                 background (confidence 1).
+            organ_box: ``roi_mm`` is a box around the organs (a user's ``--roi``): a network
+                that segments given boxes (L-SNet) segments it directly. False: a region to look
+                in (a refine point's), run like any network's crop.
         """
         reference = images[0]
         box = None
@@ -191,7 +202,7 @@ class Predictor:
         pre = self.preprocessor(images)
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        if box is not None and self.net.output_heads().box_prompt:  # L-SNet: its S-Net on the user's box
+        if box is not None and organ_box and self.net.output_heads().box_prompt:  # L-SNet: S-Net on the box
             probs, extras, passes = self._lsnet_on_box(pre.image, pre.grid, roi_mm), {}, 1
         else:
             probs, extras, passes = self.predict_array(pre.image, tta)

@@ -7,8 +7,9 @@ around it (``POINT_HALF_MM`` each way, plus the predictor's own context), grown 
 runs out of it, and keeps the organ's connected component that holds the point, or the nearest
 one; a box runs the model inside the box
 and keeps the organ's largest component there; a negative point removes the organ's component
-under it without running the model. This is the path for every network; the papers' own region
-heads (FocusNet's SOS-Net on a centre, L-SNet's S-Net on a box) are not used yet.
+under it without running the model. An L-SNet segments a prompt box with its S-Net (the
+predictor's box path); for a point it runs like any network. FocusNet's SOS-Net centred on the
+point is not used yet: the whole FocusNet runs on the crop.
 """
 
 from __future__ import annotations
@@ -88,9 +89,12 @@ def refine(predictor, images: list[sitk.Image], labels: sitk.Image, prompts: lis
 
 
 def _predict(predictor, images, value: int, lo, hi, box_mm=None) -> np.ndarray:
-    """The model's mask of ``value`` in the voxel box ``[lo, hi)``, run on that box (plus context)."""
-    box_mm = box_mm if box_mm is not None else index_box_to_physical(images[0], lo, hi)
-    pred = predictor.predict(images, confidence=False, roi_mm=box_mm)
+    """The model's mask of ``value`` in the voxel box ``[lo, hi)``, run on that box (plus context).
+    A user's box (``box_mm``) is taken as a box around the organ (L-SNet's S-Net segments it); a
+    point's region is only where to look."""
+    organ_box = box_mm is not None
+    box_mm = box_mm if organ_box else index_box_to_physical(images[0], lo, hi)
+    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box)
     return sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
 
 
