@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The folders' shared helpers, and the fixtures they define, for every test (one conftest only:
+# conftest files in sub-folders without packages clash by name when pytest is given several)
+sys.path[:0] = [str(Path(__file__).parent / "io"), str(Path(__file__).parent / "module")]
+pytest_plugins = ["io_helpers", "module_helpers"]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -266,7 +266,8 @@ def _watchdog() -> None:
     os._exit(EXIT_CANCELLED)
 
 
-COMMANDS = {"segment": cmd_segment, "refine": cmd_refine, "models": cmd_models, "train": cmd_train, "finetune": cmd_finetune,
+COMMANDS = {"segment": cmd_segment, "refine": cmd_refine, "models": cmd_models, "train": cmd_train,
+            "finetune": cmd_finetune,
             "evaluate": cmd_evaluate, "demo": cmd_demo, "worker": cmd_worker}
 
 

@@ -98,16 +98,9 @@ def pair_cases(pred_dir, ref_dir) -> list[tuple[str, Path, Path]]:
 
 
 def _read_labelmap(path: Path) -> sitk.Image:
-    from .io.door import check_nifti, check_regular_file, is_nifti, quiet_stderr
+    from .io.door import read_file
 
-    check_regular_file(path)
-    if is_nifti(path):
-        check_nifti(path)  # ITK would read a file cut short as zeros
-    try:
-        with quiet_stderr():
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot be read: {str(exc).strip().splitlines()[-1]}") from None
+    image = read_file(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: not a labelmap ({image.GetNumberOfComponentsPerPixel()} components per voxel)")
     return image

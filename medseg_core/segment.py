@@ -36,9 +36,10 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         confidence_threshold: voxels under it (in or next to the foreground) are "Low confidence".
         roi_mm: segment only inside this LPS box (x0, y0, z0, x1, y1, z1) in mm.
     """
-    from .inference.postprocess import small_organs
+    from .inference.postprocess import postprocess, small_organs
+    from .inference.predictor import Predictor
     from .io import read_channels
-    from .io.atomic import output_folder
+    from .io.atomic import check_output_folder, check_outputs
     from .models import find_model
 
     report_cb = progress or (lambda *a, **k: None)
@@ -46,27 +47,13 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     package = predictor.package if predictor is not None else find_model(model)
     card = package.card
     plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card))) for s in stems}
-    for path in (p for outs in plan.values() for p in outs.values()):
-        if path.is_dir() or (path.exists() and not path.is_file()):
-            raise InputError(f"{path}: an output name is taken by a folder or a special file; move it away")
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: output exists (use --overwrite to replace it)")
-    with output_folder(output_dir) as make_folder:
-        # every input is read and checked before the first is segmented: a bad one stops the run
-        # before anything is written (the first is kept; the others are read again in turn)
-        first = read_channels(inputs[0], len(card.channels))
-        for other in inputs[1:]:
-            read_channels(other, len(card.channels))
-        return _segment_all(inputs, stems, first, plan, package, card, make_folder, report_cb, predictor, device,
-                            batch_size, tta, confidence, confidence_threshold, roi_mm)
-
-
-def _segment_all(inputs, stems, first, plan, package, card, make_folder, report_cb, predictor, device, batch_size,
-                 tta, confidence, confidence_threshold, roi_mm) -> list[dict]:
-    from .inference.postprocess import postprocess
-    from .inference.predictor import Predictor
-    from .io import read_channels
-
+    check_outputs((p for outs in plan.values() for p in outs.values()), overwrite)
+    check_output_folder(output_dir)  # created only when the first case is written
+    # every input is read and checked before the first is segmented: a bad one stops the run
+    # before anything is written (the first is kept; the others are read again in turn)
+    first = read_channels(inputs[0], len(card.channels))
+    for other in inputs[1:]:
+        read_channels(other, len(card.channels))
     t0 = time.perf_counter()
     report_cb("load", 0.0, f"loading {card.name}")
     pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb)
@@ -98,7 +85,6 @@ def _segment_all(inputs, stems, first, plan, package, card, make_folder, report_
             msg = f"{path}: found none of {card.name}'s labels ({', '.join(card.label_names().values())})"
             print(f"medseg: warning: {msg}", file=sys.stderr)
             report["warnings"].append(msg)
-        make_folder()
         _write(case, plan[stem], card, path, report, seconds, t)
         reports.append(report)
         report_cb("write", 1.0, f"{stem} done")
@@ -142,11 +128,14 @@ def _predict(pred, images, path: Path, tta: bool, confidence: bool, roi_mm):
 
 
 def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_write: float) -> None:
-    """Every output of one case, staged and renamed together (the report last, with the timings)."""
+    """Every output of one case, staged and renamed together (the report last, with the timings);
+    the output folder is made here, and removed again if this first write fails."""
     from .inference.postprocess import quantised_confidence, region_layer, small_organs
     from .io import OutputSet, write_float_volume, write_labelmap, write_segmentation
+    from .io.atomic import output_folder
 
-    with OutputSet() as staged:
+    with output_folder(outs["labels"].parent) as make_folder, OutputSet() as staged:
+        make_folder()
         write_labelmap(case.labels, staged.stage(outs["labels"]))
         write_segmentation(case.labels, card.labels, staged.stage(outs["segmentation"]),
                            extra_segments=case.extra_segments)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import module_helpers  # noqa: F401 (first: it puts SlicerMedSeg/ on sys.path)
 from SlicerMedSegLib import Geometry
 
 

@@ -101,7 +101,7 @@ def run_refine(request: RefineRequest, progress: Callable | None = None, predict
     from ..inference.predictor import Predictor
     from ..inference.refine import refine
     from ..io import OutputSet, read_channels, read_segmentation, write_labelmap, write_segmentation
-    from ..io.atomic import output_folder
+    from ..io.atomic import check_outputs, output_folder
     from ..io.corrections import same_grid
     from ..io.naming import stem_of
     from ..models import find_model
@@ -110,10 +110,7 @@ def run_refine(request: RefineRequest, progress: Callable | None = None, predict
     t0 = time.perf_counter()
     package = predictor.package if predictor is not None else find_model(request.model)
     outs = refine_outputs(request.output, stem_of(request.input))
-    for path in outs.values():
-        if path.exists() and (path.is_dir() or not request.overwrite):
-            raise InputError(f"{path}: output exists (use --overwrite to replace it)" if not path.is_dir()
-                             else f"{path}: an output name is taken by a folder; move it away")
+    check_outputs(outs.values(), request.overwrite)
     with output_folder(request.output) as make_folder:
         report("read", 0.0, f"reading {Path(request.input).name}")
         images = (read_images or read_channels)(request.input, len(package.card.channels))

@@ -89,16 +89,21 @@ MAX_MODEL_VOXELS = 1 << 28
 spacing, not a larger patient."""
 
 
+def _check_grid_size(size, extent_mm, spacing) -> None:
+    """Refuses a model grid of more than ``MAX_MODEL_VOXELS`` (a wrong spacing, not a larger patient)."""
+    if float(np.prod(size)) > MAX_MODEL_VOXELS:
+        extent = " x ".join(f"{e:.4g}" for e in extent_mm)
+        raise InputError(f"the image spans {extent} mm, {int(np.prod(size)):,} voxels at the model's spacing (at most "
+                         f"{MAX_MODEL_VOXELS:,}); check its voxel spacing {tuple(float(s) for s in spacing)}")
+
+
 def _resample(img: sitk.Image, spacing, interp) -> sitk.Image:
     old_sp = np.array(img.GetSpacing())
     new_sp = np.array(spacing, dtype=float)
     if np.allclose(old_sp, new_sp, rtol=1e-4, atol=1e-6):
         return img
     size = np.maximum(1, np.round(np.array(img.GetSize()) * old_sp / new_sp))
-    if float(np.prod(size)) > MAX_MODEL_VOXELS:
-        extent = " x ".join(f"{e:.4g}" for e in np.array(img.GetSize()) * old_sp)
-        raise InputError(f"the image spans {extent} mm, {int(np.prod(size)):,} voxels at the model's spacing (at most "
-                         f"{MAX_MODEL_VOXELS:,}); check its voxel spacing {tuple(float(s) for s in old_sp)}")
+    _check_grid_size(size, np.array(img.GetSize()) * old_sp, old_sp)
     size = size.astype(int)
     # Keep the physical centre of the first voxel's corner: origin shifts by half a voxel change.
     d = np.array(img.GetDirection()).reshape(3, 3)
@@ -128,9 +133,7 @@ def straighten(img: sitk.Image, spacing, interp, fill: float | None = None) -> s
     phys = np.asarray(img.GetOrigin()) + (rot @ (corners * np.asarray(img.GetSpacing())).T).T
     lo, hi = phys.min(0), phys.max(0)
     out_size = np.maximum(1, np.ceil((hi - lo) / new_sp - 1e-6))
-    if float(np.prod(out_size)) > MAX_MODEL_VOXELS:
-        raise InputError(f"the image spans {' x '.join(f'{e:.4g}' for e in hi - lo)} mm, more than the "
-                         f"{MAX_MODEL_VOXELS:,} voxels a model grid may hold; check its voxel spacing")
+    _check_grid_size(out_size, hi - lo, img.GetSpacing())
     if fill is None:
         stats = sitk.MinimumMaximumImageFilter()
         stats.Execute(img)

@@ -271,6 +271,29 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_outputs(paths, overwrite: bool) -> None:
+    """Every planned output can be (re)placed: none is a folder or special file, and none exists
+    unless ``overwrite``. Raises a one-line InputError naming the first that cannot."""
+    for path in map(Path, paths):
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            raise InputError(f"{path}: an output name is taken by a folder or a special file; move it away")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: output exists (use --overwrite to replace it)")
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """``path`` could be created and written (its nearest existing ancestor is a writable folder);
+    creates nothing. Raises a one-line InputError naming the folder."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: output folder is not writable" if probe == path or probe.exists()
+                         else f"{path}: cannot be created")
+    return path
+
+
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike) -> Iterator[Callable[[], Path]]:
     """An output folder that exists only once something is written to it.
@@ -283,13 +306,7 @@ def output_folder(path: str | os.PathLike) -> Iterator[Callable[[], Path]]:
     Raises:
         InputError: the folder cannot be created or written to (one line naming the folder).
     """
-    path = Path(path)
-    message = f"{path}: output folder is not writable"
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(message if probe == path or probe.exists() else f"{path}: cannot be created")
+    path = check_output_folder(path)
     created: list[Path] = []
 
     def make() -> Path:

@@ -60,6 +60,21 @@ def check_regular_file(path: Path) -> None:
         raise InputError(f"{path}: is not a regular file (a pipe or a device); give an image file")
 
 
+def read_file(path: Path):
+    """One image file through the door: a regular file, NIfTI checks, library messages kept off
+    stderr; SimpleITK's failure as a one-line InputError naming the file."""
+    import SimpleITK as sitk
+
+    check_regular_file(path)
+    if is_nifti(path):
+        check_nifti(path)  # ITK would read a file cut short as zeros
+    try:
+        with quiet_stderr():
+            return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot be read as an image ({sitk_error_detail(error)})") from None
+
+
 def is_nifti(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz"))

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from medseg_core.errors import InputError
 from medseg_core.io.atomic import atomic_output
 from medseg_core.io.dicom import read_dicom_folder
-from medseg_core.io.door import check_nifti, check_regular_file, is_nifti, quiet_stderr, sitk_error_detail
+from medseg_core.io.door import check_regular_file, read_file, sitk_error_detail  # noqa: F401 (re-exported)
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
 MIN_SIZE = 4
@@ -76,16 +76,7 @@ def read_image(path: str | os.PathLike, min_size: int = 1) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: does not exist")
     check_regular_file(path)
-    if path.is_dir():
-        image = read_dicom_folder(path)
-    else:
-        if is_nifti(path):
-            check_nifti(path)
-        try:
-            with quiet_stderr():
-                image = sitk.ReadImage(str(path))
-        except RuntimeError as error:
-            raise InputError(f"{path}: cannot be read as an image ({sitk_error_detail(error)})") from None
+    image = read_dicom_folder(path) if path.is_dir() else read_file(path)
     return _check_volume(image, path, min_size)
 
 
