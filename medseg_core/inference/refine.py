@@ -29,6 +29,8 @@ POINT_HALF_MM = 40.0
 GROW_STEPS = 2
 """How many times a point's region may grow where the organ reaches its edge."""
 KINDS = ("point", "box", "negative")
+FIT_WINDOW = True
+"""Run a prompt's crop in a window fitted to it rather than padded to the trained window."""
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _predict(predictor, images, value: int, lo, hi, box_mm=None) -> np.ndarray:
     point's region is only where to look."""
     organ_box = box_mm is not None
     box_mm = box_mm if organ_box else index_box_to_physical(images[0], lo, hi)
-    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box)
+    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box, fit=FIT_WINDOW)
     return sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
 
 
