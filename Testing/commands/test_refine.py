@@ -149,3 +149,19 @@ def test_a_point_on_a_long_organ_grows_its_region_to_take_it_whole(case, tmp_pat
     assert extent > 2 * POINT_HALF_MM and z1 - z0 > 2 * POINT_HALF_MM  # longer than the first region, and taken
     new = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "ph_labels.nii.gz")))
     assert 2 * ((new == cord) & (arr == cord)).sum() / ((new == cord).sum() + (arr == cord).sum()) > 0.9
+
+
+def test_the_labels_may_be_a_runs_seg_nrrd_whose_low_confidence_layer_is_left_out(case, tmp_path):
+    """A run's ``.seg.nrrd`` holds a "Low confidence" layer over the organs: read by segment name,
+    it neither paints over an organ nor counts as one (before: it became label 6 where it lay)."""
+    report = segment_files([case["image"]], MODEL, tmp_path / "seg", device="cpu", confidence_threshold=0.99)[0]
+    run = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"]))
+    centre = np.argwhere(run == TUMOUR).mean(0)[::-1]
+    point = case["ref"].TransformContinuousIndexToPhysicalPoint(centre.tolist())
+    args = ["refine", str(case["image"]), "--model", MODEL, "--labels", report["outputs"]["segmentation"],
+            "--output", str(tmp_path / "o"), "--device", "cpu", "--progress", "none",
+            "--prompt", f"Tumour:negative:{_fmt(point)}"]
+    assert cli.main(args) == 0
+    new = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "ph_labels.nii.gz")))
+    assert not (new == TUMOUR).any()
+    np.testing.assert_array_equal(new[run != TUMOUR], run[run != TUMOUR])  # every other organ as the run drew it

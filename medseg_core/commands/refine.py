@@ -100,9 +100,9 @@ def run_refine(request: RefineRequest, progress: Callable | None = None, predict
     passes one that keeps recent images, so a second prompt on the same case reads nothing."""
     from ..inference.predictor import Predictor
     from ..inference.refine import refine
-    from ..io import OutputSet, read_channels, read_segmentation, write_labelmap, write_segmentation
+    from ..io import OutputSet, read_channels, write_labelmap, write_segmentation
     from ..io.atomic import check_outputs, output_folder
-    from ..io.corrections import same_grid
+    from ..io.corrections import read_correction
     from ..io.naming import stem_of
     from ..models import find_model
 
@@ -114,11 +114,8 @@ def run_refine(request: RefineRequest, progress: Callable | None = None, predict
     with output_folder(request.output) as make_folder:
         report("read", 0.0, f"reading {Path(request.input).name}")
         images = (read_images or read_channels)(request.input, len(package.card.channels))
-        labels, _ = read_segmentation(request.labels)
-        if not same_grid(labels, images[0]):
-            raise InputError(f"{request.labels}: the labels are not on the image's grid ({labels.GetSize()} voxels "
-                             f"against {images[0].GetSize()})")
-        labels.CopyInformation(images[0])
+        # by segment name, without the "Low confidence" layer; a cropped .seg.nrrd goes onto the grid
+        labels, _ = read_correction(request.labels, images[0], package.card, strict=False)
         seconds = {"read": time.perf_counter() - t0}
         pred = predictor or Predictor(package, device=request.device)
         seconds["load_model"] = 0.0 if predictor is not None else pred.load_seconds

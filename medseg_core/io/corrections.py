@@ -38,8 +38,12 @@ def same_grid(a, b) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
 
 
-def read_correction(path: str | Path, reference, card):
+def read_correction(path: str | Path, reference, card, strict: bool = True):
     """A corrected label as a labelmap of the model's values on ``reference``'s grid.
+
+    ``strict`` (fine-tuning): a segment whose name is not a model label, and a label holding none
+    of the model's labels, are errors. Otherwise (a refine's current labels) such segments, the
+    "Low confidence" layer among them, are left out and an empty label is fine.
 
     Returns:
         ``(label image (uint8/uint16, the reference's geometry), annotated model values)``.
@@ -49,12 +53,12 @@ def read_correction(path: str | Path, reference, card):
             that holds none of the model's labels.
     """
     path = Path(path)
-    img, segments = read_segmentation(path)
+    by_name = {name_key(lab.name): lab.value for lab in card.labels}
+    img, segments = read_segmentation(path, keep=None if strict else (lambda name: name_key(name) in by_name))
     arr = sitk.GetArrayFromImage(img)
     model_values = {lab.value for lab in card.labels}
     dtype = np.uint8 if max(model_values | {0}) < 256 else np.uint16
     if segments:
-        by_name = {name_key(lab.name): lab.value for lab in card.labels}
         lut = np.zeros(int(max(int(arr.max()), max(s.value for s in segments))) + 1, dtype=dtype)
         annotated = set()
         for seg in segments:
@@ -75,7 +79,7 @@ def read_correction(path: str | Path, reference, card):
                              f"(its values: {known}){hint}")
         out = arr.astype(dtype)
         annotated = values
-    if not annotated:
+    if not annotated and strict:
         raise InputError(f"{path}: holds none of model {card.name}'s labels ({_label_names(card)})")
     lab = sitk.GetImageFromArray(out)
     lab.CopyInformation(img)

@@ -247,7 +247,7 @@ def _labelmap_from_plain_file(path: Path) -> sitk.Image:
     return image
 
 
-def read_segmentation(path: str | os.PathLike) -> tuple[sitk.Image, list[Label]]:
+def read_segmentation(path: str | os.PathLike, keep=None) -> tuple[sitk.Image, list[Label]]:
     """Reads a 3D Slicer ``.seg.nrrd`` into a labelmap and its labels.
 
     Segments keep their label value where it is free; segments of further layers (overlapping
@@ -256,6 +256,8 @@ def read_segmentation(path: str | os.PathLike) -> tuple[sitk.Image, list[Label]]
 
     Args:
         path: ``.seg.nrrd`` or plain labelmap file.
+        keep: ``keep(name) -> bool``; segments it refuses are left out (neither painted nor
+            listed), e.g. a "Low confidence" layer that would otherwise cover organs.
 
     Returns:
         ``(label_image, labels)``; ``labels`` is empty for a plain labelmap.
@@ -281,6 +283,8 @@ def read_segmentation(path: str | os.PathLike) -> tuple[sitk.Image, list[Label]]
     used: set[int] = set()
     masks = []
     for index, segment in enumerate(segmentation.get("segments", [])):
+        if keep is not None and not keep(segment.get("name", "")):
+            continue
         stored = int(segment.get("labelValue", 1))
         layer = int(segment.get("layer", 0 if voxels.ndim == 3 else index))
         layer_voxels = voxels if voxels.ndim == 3 else voxels[layer]
