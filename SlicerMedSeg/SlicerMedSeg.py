@@ -1,6 +1,7 @@
 """SlicerMedSeg: segment CT and MRI with deep networks, see where the model is unsure, correct it
 and fine-tune it on the corrections. The work happens in ``SlicerMedSegLib``; the engine runs
-in a child process (``PythonSlicer -m medseg_core``), so Slicer never freezes and Cancel works.
+in one long-lived child process (``PythonSlicer -m medseg_core worker``), so Slicer never freezes,
+Cancel works and a refine answers at once.
 """
 
 import os
@@ -33,7 +34,7 @@ class SlicerMedSegWidget(ScriptedLoadableModuleWidget):
         self.logic = SlicerMedSegLogic()
         self.panel = MedSegPanel(self, self.logic.segmentation)
         self.panel.setup()
-        slicer.app.connect("aboutToQuit()", self.logic.segmentation.cancel)
+        slicer.app.connect("aboutToQuit()", self.logic.segmentation.shutdown)
 
     def enter(self):
         self.panel.enter()
@@ -60,8 +61,15 @@ class SlicerMedSegLogic(ScriptedLoadableModuleLogic):
     def finetune(self, segmentationNode, referenceVolume, params, **kwargs):
         return self.segmentation.finetune(segmentationNode, referenceVolume, params, **kwargs)
 
+    def refine(self, segmentationNode, volumeNode, prompts, **kwargs):
+        return self.segmentation.refine(segmentationNode, volumeNode, prompts, **kwargs)
+
     def cancel(self):
         self.segmentation.cancel()
+
+    def shutdown(self):
+        """Cancel what runs and end the session's medseg worker."""
+        self.segmentation.shutdown()
 
 
 class SlicerMedSegTest(ScriptedLoadableModuleTest):

@@ -1,7 +1,10 @@
-"""Command lines and environments of the ``medseg`` child processes, built from the parameters.
+"""Command lines, worker requests and environments of the ``medseg`` child processes, built from
+the parameters.
 
 Pure Python: imports neither slicer nor qt. The child is always ``[python, "-m", "medseg_core", ...]``
-with Slicer's own interpreter (PythonSlicer), so no ``medseg`` script needs to be on the PATH.
+with Slicer's own interpreter (PythonSlicer), so no ``medseg`` script needs to be on the PATH. The
+module sends segment, fine-tune and refine to its long-lived worker as requests (``*_args``: the
+``args`` of ``docs/protocol.md``); the command lines serve batch scripts and the tests.
 """
 
 from __future__ import annotations
@@ -57,6 +60,60 @@ def finetune_command(params: FinetuneParameters, cases: Sequence[tuple[str, str]
         cmd += ["--name", params.name]
     cmd += ["--device", CLI_DEVICE[params.device], "--progress", "json"]
     return cmd
+
+
+def worker_command(python: Optional[str] = None) -> list[str]:
+    """``medseg worker``: the session's long-lived child."""
+    return medseg_command(python) + ["worker"]
+
+
+def segment_args(params: SegmentationParameters, input_path: str, output_dir: str) -> dict:
+    """The worker's ``segment`` args: the options of :func:`segment_command`."""
+    params.validate()
+    return {"inputs": [str(input_path)], "model": params.model, "output": str(output_dir),
+            "device": CLI_DEVICE[params.device], "overwrite": True, "tta": bool(params.tta),
+            "confidence": bool(params.confidence), "confidence_threshold": float(params.confidence_threshold),
+            "roi": [float(v) for v in params.roi_lps] if params.roi_lps is not None else None}
+
+
+def finetune_args(params: FinetuneParameters, cases: Sequence[tuple[str, str]]) -> dict:
+    """The worker's ``finetune`` args: the options of :func:`finetune_command`."""
+    params.validate()
+    if not cases:
+        raise ValueError("fine-tuning needs at least one corrected case")
+    return {"model": params.model, "cases": [[str(i), str(lab)] for i, lab in cases],
+            "steps": int(params.steps) if int(params.steps) > 0 else None,
+            "lr": float(params.lr) if params.lr is not None else None, "name": params.name or None,
+            "device": CLI_DEVICE[params.device]}
+
+
+REFINE_KINDS = ("point", "negative", "box")
+"""A refine prompt: "this organ is here", "not this component", "the organ is inside"."""
+
+
+def refine_prompt(label: str, kind: str, lps) -> dict:
+    """One prompt of a ``refine`` request: ``{"label": L, KIND: [LPS mm]}`` (a box: six numbers).
+
+    >>> refine_prompt("Larynx", "point", [1, 2.5, -3])
+    {'label': 'Larynx', 'point': [1.0, 2.5, -3.0]}
+    """
+    if kind not in REFINE_KINDS:
+        raise ValueError(f"refine: the kind must be one of {', '.join(REFINE_KINDS)}, not {kind!r}")
+    numbers = [float(v) for v in lps]
+    if len(numbers) != (6 if kind == "box" else 3):
+        raise ValueError(f"refine: a {kind} takes {6 if kind == 'box' else 3} numbers, got {len(numbers)}")
+    if not label:
+        raise ValueError("refine: pick the organ to refine")
+    return {"label": str(label), kind: numbers}
+
+
+def refine_args(model: str, device: str, input_path: str, labels_path: str, output_dir: str,
+                prompts: Sequence[dict]) -> dict:
+    """The worker's ``refine`` args (``device`` as the panel names it: auto, gpu or cpu)."""
+    if not prompts:
+        raise ValueError("refine: place a point (or a region) on the organ first")
+    return {"input": str(input_path), "model": model, "labels": str(labels_path), "output": str(output_dir),
+            "overwrite": True, "device": CLI_DEVICE[device], "prompts": list(prompts)}
 
 
 def models_command(python: Optional[str] = None) -> list[str]:

@@ -14,7 +14,9 @@ from .Parameters import DEVICES, FinetuneParameters, SegmentationParameters
 from .Protocol import FINETUNE_STAGES, SEGMENT_STAGES, ProgressTracker
 
 PROGRESS_STEPS = 1000  # the progress bar's range
-SEGMENT, FINETUNE = "segment", "finetune"
+SEGMENT, FINETUNE, REFINE = "segment", "finetune", "refine"
+REFINE_POINT_KINDS = ("point", "negative")
+"""What a point means, in the order of the panel's selector: the organ is here / not this piece."""
 
 
 @dataclass(frozen=True)
@@ -25,19 +27,28 @@ class Buttons:
     applyEnabled: bool
     finetuneText: str
     finetuneEnabled: bool
-    inputsEnabled: bool  # volume, model, refresh, options, correction, fine-tune fields
+    inputsEnabled: bool  # volume, model, refresh, options, correction, fine-tune and refine fields
+    refineText: str = "Refine"
+    refineEnabled: bool = False
 
 
 def buttons(running: Optional[str], hasInput: bool, model: str, modelCount: int, hasCorrection: bool,
-            hasFinetuneVolume: bool) -> Buttons:
-    """Apply turns into Cancel while a segmentation runs, Fine-tune into Cancel while fine-tuning;
-    nothing else can start then. Apply needs a volume and a model (or an empty list: Apply reads
-    it first); Fine-tune needs the corrected segmentation and its volume.
+            hasFinetuneVolume: bool, canRefine: bool = False) -> Buttons:
+    """Apply turns into Cancel while a segmentation runs, Fine-tune into Cancel while fine-tuning,
+    Refine into Cancel while refining; nothing else can start then. Apply needs a volume and a
+    model (or an empty list: Apply reads it first); Fine-tune needs the corrected segmentation and
+    its volume; Refine needs what :func:`refineReady` says.
 
-    >>> buttons(None, True, "hn-oar", 3, False, False)
-    Buttons(applyText='Apply', applyEnabled=True, finetuneText='Fine-tune', finetuneEnabled=False, inputsEnabled=True)
-    >>> buttons("segment", True, "hn-oar", 3, True, True).applyText, buttons("segment", True, "hn-oar", 3, True, True).finetuneEnabled
+    >>> b = buttons(None, True, "hn-oar", 3, False, False)
+    >>> b.applyText, b.applyEnabled, b.finetuneEnabled, b.inputsEnabled, b.refineText, b.refineEnabled
+    ('Apply', True, False, True, 'Refine', False)
+    >>> b = buttons("segment", True, "hn-oar", 3, True, True)
+    >>> b.applyText, b.finetuneEnabled
     ('Cancel', False)
+    >>> buttons("refine", True, "hn-oar", 3, True, True, True).refineText
+    'Cancel'
+    >>> buttons("finetune", True, "hn-oar", 3, True, True, True).refineEnabled
+    False
     """
     canSegment = hasInput and (bool(model) or modelCount == 0)
     canFinetune = hasCorrection and hasFinetuneVolume
@@ -46,7 +57,46 @@ def buttons(running: Optional[str], hasInput: bool, model: str, modelCount: int,
         applyEnabled=running == SEGMENT or (running is None and canSegment),
         finetuneText="Cancel" if running == FINETUNE else "Fine-tune",
         finetuneEnabled=running == FINETUNE or (running is None and canFinetune),
-        inputsEnabled=running is None)
+        inputsEnabled=running is None,
+        refineText="Cancel" if running == REFINE else "Refine",
+        refineEnabled=running == REFINE or (running is None and bool(canRefine)))
+
+
+def refineReady(hasSegmentation: bool, hasVolume: bool, hasPrompt: bool, organ: str) -> bool:
+    """Refine needs a MedSeg result, the volume it was made on, a placed point or an ROI, and an
+    organ.
+
+    >>> refineReady(True, True, True, "Larynx"), refineReady(True, True, False, "Larynx")
+    (True, False)
+    """
+    return bool(hasSegmentation and hasVolume and hasPrompt and organ)
+
+
+def refineKind(isRegion: bool, kindIndex: int) -> str:
+    """The prompt's kind: an ROI is a box around the organ; a point is what the selector says.
+
+    >>> refineKind(True, 1), refineKind(False, 0), refineKind(False, 1)
+    ('box', 'point', 'negative')
+    """
+    return "box" if isRegion else REFINE_POINT_KINDS[max(0, min(int(kindIndex), len(REFINE_POINT_KINDS) - 1))]
+
+
+def organIndex(organs: Sequence[str], underPoint: Optional[str], current: Optional[str]) -> int:
+    """Which organ to select: the one under the point when it is one of the model's, else the
+    current one, else the first (-1: none). Names compare as the engine compares them.
+
+    >>> organIndex(["Brainstem", "LeftParotid"], "left parotid", "Brainstem")
+    1
+    >>> organIndex(["Brainstem", "LeftParotid"], "Low confidence", "LeftParotid")
+    1
+    """
+    from .Commands import normalize_segment_name
+
+    keys = [normalize_segment_name(o) for o in organs]
+    for wanted in (underPoint, current):
+        if wanted and normalize_segment_name(wanted) in keys:
+            return keys.index(normalize_segment_name(wanted))
+    return 0 if organs else -1
 
 
 # ---- progress ---------------------------------------------------------------------------------------
@@ -138,6 +188,26 @@ def segmentEnding(outcome, summary: Optional[str] = None) -> Ending:
     hint = (" Review the 'Low confidence' outline and the red overlay, correct in the Segment Editor, then "
             "fine-tune." if outcome.confidenceNode is not None else "")
     return Ending(f"Done in {outcome.seconds:.1f} s.{hint}", (summary,) if summary else ())
+
+
+def refineEnding(outcome) -> Ending:
+    """How a refine ended: per prompted organ the voxels added and removed, or why nothing changed.
+
+    >>> from types import SimpleNamespace as O
+    >>> refineEnding(O(cancelled=False, ok=True, seconds=0.84, changes=[{"label": "Larynx", "voxels_added": 120,
+    ...     "voxels_removed": 3, "box_index": [1, 2, 3, 4, 5, 6]}])).status
+    'Refined in 0.8 s: Larynx +120 / -3 voxels. Undo with the Segment Editor.'
+    """
+    if outcome.cancelled:
+        return Ending("Refine cancelled: the segmentation is unchanged.", ("Refine cancelled.",))
+    if not outcome.ok:
+        return Ending(f"Refine failed: {outcome.error}", errorDialog=f"Refine failed:\n{outcome.error}")
+    parts = [f"{c['label']} +{c['voxels_added']} / -{c['voxels_removed']} voxels" if c.get("box_index")
+             else f"{c['label']} unchanged (the model found nothing else there)" for c in outcome.changes]
+    changed = any(c.get("box_index") for c in outcome.changes)
+    status = f"Refined in {outcome.seconds:.1f} s: {'; '.join(parts)}." + (" Undo with the Segment Editor." if changed
+                                                                          else "")
+    return Ending(status, (status,))
 
 
 def finetuneEnding(outcome) -> Ending:

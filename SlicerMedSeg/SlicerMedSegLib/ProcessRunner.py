@@ -179,6 +179,10 @@ class ProcessRunner:
     def running(self) -> bool:
         return self.process is not None and self.result is None
 
+    def describe(self) -> str:
+        """The command line, as the log shows it."""
+        return "$ " + " ".join(self.command)
+
     @property
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process is not None else None

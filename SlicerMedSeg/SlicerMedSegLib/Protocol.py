@@ -17,17 +17,19 @@ EVENT_KINDS = ("stage", "progress", "log", "result", "error")
 
 SEGMENT_STAGES = ("load", "read", "preprocess", "infer", "resample", "write", "done")
 FINETUNE_STAGES = ("load", "prepare", "evaluate", "finetune", "evaluate", "save")
+REFINE_STAGES = ("read", "refine", "done")
 
 # share of the wall time each stage usually takes (CPU, phantom to head-and-neck CT)
 SEGMENT_WEIGHTS = {"load": 0.10, "read": 0.05, "preprocess": 0.15, "infer": 0.50, "resample": 0.10,
                    "write": 0.10, "done": 0.0}
 FINETUNE_WEIGHTS = {"load": 0.05, "prepare": 0.10, "evaluate": 0.07, "finetune": 0.70, "save": 0.01}
+REFINE_WEIGHTS = {"read": 0.1, "refine": 0.9, "done": 0.0}
 
 STAGE_TITLES = {"load": "Loading the model", "read": "Reading the image", "preprocess": "Preparing the image",
                 "infer": "Segmenting", "resample": "Back to the image grid", "write": "Writing the results",
                 "done": "Done", "prepare": "Preparing the corrected cases",
                 "evaluate": "Measuring Dice on the corrections", "finetune": "Fine-tuning",
-                "save": "Saving the new model"}
+                "save": "Saving the new model", "refine": "Refining"}
 
 
 @dataclass
@@ -101,7 +103,8 @@ class ProgressTracker:
 
     def __init__(self, plan=SEGMENT_STAGES, weights=None, clock=time.monotonic):
         self.plan = list(plan)
-        weights = dict(weights or (SEGMENT_WEIGHTS if tuple(plan) == SEGMENT_STAGES else FINETUNE_WEIGHTS))
+        weights = dict(weights or {SEGMENT_STAGES: SEGMENT_WEIGHTS, REFINE_STAGES: REFINE_WEIGHTS}.get(
+            tuple(plan), FINETUNE_WEIGHTS))
         total = sum(weights.get(s, 0.0) for s in self.plan) or 1.0
         self.weights = [weights.get(s, 0.0) / total for s in self.plan]
         self.clock = clock

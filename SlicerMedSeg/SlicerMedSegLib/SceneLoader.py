@@ -292,6 +292,82 @@ def loadSegmentResults(outputs, inputVolume, modelName, modelVersion="", labelCo
     return result
 
 
+def segmentAt(segmentationNode, worldRAS, skip=(LOW_CONFIDENCE,)):
+    """The name of the segment that holds the world RAS point (the first, where several overlap),
+    or None; the segments named in ``skip`` are not organs. Reads one voxel per segment of the
+    internal labelmaps, so it is quick enough for every placed point."""
+    point = [float(v) for v in worldRAS]
+    parent = segmentationNode.GetParentTransformNode()
+    if parent is not None:
+        worldToLocal = vtk.vtkGeneralTransform()
+        parent.GetTransformFromWorld(worldToLocal)
+        point = list(worldToLocal.TransformPoint(point))
+    segmentation = segmentationNode.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        if segment.GetName() in skip:
+            continue
+        image = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentation.GetNthSegmentID(i))
+        if image is None:
+            continue
+        toImage = vtk.vtkMatrix4x4()
+        image.GetWorldToImageMatrix(toImage)
+        ijk = [int(round(v)) for v in toImage.MultiplyPoint(point + [1.0])[:3]]
+        extent = image.GetExtent()
+        if all(extent[2 * a] <= ijk[a] <= extent[2 * a + 1] for a in range(3)):
+            if image.GetScalarComponentAsDouble(ijk[0], ijk[1], ijk[2], 0) == segment.GetLabelValue():
+                return segment.GetName()
+    return None
+
+
+def applyRefinement(segmentationNode, volumeNode, refinedPath, changes):
+    """Copy a refine's result (``refinedPath``: its ``STEM.seg.nrrd``) into ``segmentationNode``,
+    for each prompted organ only inside the region the engine reports as changed (``changes``,
+    ``box_index`` ``[i0, j0, k0, i1, j1, k1)`` in ``volumeNode``'s voxels); everything else, other
+    segments and the user's own among them, is left as it is. An organ the user had deleted comes
+    back as a new segment with the model's name, colour and terminology. Returns the segment IDs
+    changed."""
+    import numpy as np
+
+    from .Commands import normalize_segment_name
+
+    refined = loadSegmentation(refinedPath, "MedSeg refine", volumeNode)
+    changedIds = []
+    try:
+        target = segmentationNode.GetSegmentation()
+        byKey = {normalize_segment_name(n): target.GetSegmentIdBySegmentName(n) for n in segmentNames(segmentationNode)}
+        source = refined.GetSegmentation()
+        for change in changes:
+            box = change.get("box_index")
+            if not box:
+                continue
+            sourceId = source.GetSegmentIdBySegmentName(change["label"])  # none: the organ was removed
+            targetId = byKey.get(normalize_segment_name(change["label"]))
+            if not targetId and not sourceId:
+                continue
+            shape = slicer.util.arrayFromVolume(volumeNode).shape
+            if not targetId:  # deleted by the user: the model's segment comes back
+                target.CopySegmentFromSegmentation(source, sourceId)
+                targetId = sourceId
+                byKey[normalize_segment_name(change["label"])] = targetId
+                old = np.zeros(shape, dtype=np.uint8)
+            else:
+                old = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, targetId, volumeNode)
+            new = (slicer.util.arrayFromSegmentBinaryLabelmap(refined, sourceId, volumeNode) if sourceId
+                   else np.zeros(shape, dtype=np.uint8))
+            i0, j0, k0, i1, j1, k1 = (int(v) for v in box)
+            region = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+            old[region] = new[region]
+            slicer.util.updateSegmentBinaryLabelmapFromArray(old, segmentationNode, targetId, volumeNode)
+            changedIds.append(targetId)
+    finally:
+        displayNode = refined.GetDisplayNode()
+        if displayNode is not None:
+            slicer.mrmlScene.RemoveNode(displayNode)
+        slicer.mrmlScene.RemoveNode(refined)
+    return changedIds
+
+
 def reportSummary(report) -> Optional[str]:
     """A few lines for the log: volumes per label, low-confidence volume, device and time."""
     if not report:

@@ -1,12 +1,14 @@
-"""Segment and fine-tune: one logic call each serves the panel, batch scripts and tests.
+"""Segment, fine-tune and refine: one logic call each serves the panel, batch scripts and tests.
 
 ``logic.segment(volume, params, wait=False, on_event=cb, on_finished=done)`` writes the volume
-to a temporary folder, runs ``[PythonSlicer, -m, medseg_core, segment, ...]`` as a child process,
-reports every protocol event to ``on_event`` (from Qt's event loop: a QTimer drains the runner's
-queue), loads the outputs into the scene and calls ``on_finished(outcome)``; the temporary folder
-is removed in every case. ``wait=True`` blocks and returns the outcome (batch scripts, tests).
-``logic.finetune(segmentation, volume, params, ...)`` works the same way. ``logic.cancel()`` ends
-the child's whole process tree within 2 s.
+to a temporary folder, sends a ``segment`` request to the session's long-lived ``medseg worker``
+(``[PythonSlicer, -m, medseg_core, worker]``, started on first use, see ``WorkerClient``), reports
+every protocol event to ``on_event`` (from Qt's event loop: a QTimer drains the worker's queue),
+loads the outputs into the scene and calls ``on_finished(outcome)``; the temporary folder is
+removed in every case. ``wait=True`` blocks and returns the outcome (batch scripts, tests).
+``logic.finetune(segmentation, volume, params, ...)`` and ``logic.refine(segmentation, volume,
+prompts, ...)`` work the same way. ``logic.cancel()`` ends the worker's whole process tree within
+2 s; the next request starts a new one, as it does after a worker died.
 
 The logic never imports the widget; it talks through callbacks and the ``Signal`` objects
 ``eventReceived`` and ``runFinished``.
@@ -23,12 +25,13 @@ import slicer
 import vtk
 
 from . import Commands, SceneLoader
-from .Geometry import ras_bounds_to_lps_box
+from .Geometry import ras_bounds_to_lps_box, ras_to_lps_point
 from .Models import intensity_stats, modality_warning, parse_models_json
 from .Parameters import FinetuneParameters, SegmentationParameters
 from .ProcessRunner import ProcessRunner
-from .Protocol import FINETUNE_STAGES, SEGMENT_STAGES, Event
+from .Protocol import FINETUNE_STAGES, REFINE_STAGES, SEGMENT_STAGES, Event
 from .Signal import Signal
+from .WorkerClient import WorkerClient
 
 INPUT_STEM = "input"
 
@@ -37,7 +40,7 @@ INPUT_STEM = "input"
 class Outcome:
     """How a run ended, and what it put in the scene."""
 
-    kind: str  # "segment", "finetune" or "models"
+    kind: str  # "segment", "finetune", "refine" or "models"
     ok: bool = False
     cancelled: bool = False
     error: str = ""
@@ -53,6 +56,7 @@ class Outcome:
     diceBefore: Optional[float] = None
     diceAfter: Optional[float] = None
     models: list = field(default_factory=list)  # models: the ModelInfo list
+    changes: list = field(default_factory=list)  # refine: per prompt, what changed (STEM_refine.json)
 
 
 class Job:
@@ -108,9 +112,12 @@ class SegmentationLogic:
         self.python = python or self.slicerPython()
         self.eventReceived = Signal("kind", "event")
         self.runFinished = Signal("outcome")
-        self.job: Optional[Job] = None  # the running segment or finetune
+        self.job: Optional[Job] = None  # the running segment, finetune or refine
         self._sideJobs = set()  # model listings, which may run beside it
         self.models = []
+        self._worker: Optional[WorkerClient] = None
+        self._volumeFiles = {}  # volume node ID -> (what it was written from, path): a refine's image
+        self._cacheDir = None
 
     # ---- environment ----------------------------------------------------------------------------
     @staticmethod
@@ -152,16 +159,31 @@ class SegmentationLogic:
         if self.busy:
             self.job.cancel()
 
+    @property
+    def worker(self) -> WorkerClient:
+        """The session's ``medseg worker``: it starts with the first request that needs it."""
+        if self._worker is None:
+            self._worker = WorkerClient(Commands.worker_command(self.python), env=self.environment())
+        return self._worker
+
+    def shutdown(self):
+        """End the worker (the module's cleanup and Slicer's exit) and forget the cached volumes."""
+        self.cancel()
+        if self._worker is not None:
+            self._worker.shutdown()
+        if self._cacheDir:
+            shutil.rmtree(self._cacheDir, ignore_errors=True)
+        self._cacheDir, self._volumeFiles = None, {}
+
     @staticmethod
     def _tempDir(prefix):
         base = slicer.app.temporaryPath if slicer.app is not None else None
         return tempfile.mkdtemp(prefix=prefix, dir=base if base and os.path.isdir(base) else None)
 
-    def _start(self, kind, command, env, cwd, stages, finalize, wait, on_event, on_finished, tempDir=None,
-               protocol=True, exclusive=True):
+    def _start(self, kind, runner, stages, finalize, wait, on_event, on_finished, tempDir=None, exclusive=True):
+        """Run ``runner`` (a ``ProcessRunner`` or a worker request) as the job ``kind``."""
         if exclusive and self.busy:
             raise RuntimeError("SlicerMedSeg is already running; cancel it first.")
-        runner = ProcessRunner(command, env=env, cwd=cwd, protocol=protocol)
         if on_event is not None:
             runner.eventReceived.connect(on_event)
         runner.eventReceived.connect(lambda event: self.eventReceived.emit(kind, event))
@@ -178,7 +200,7 @@ class SegmentationLogic:
         else:
             self._sideJobs.add(job)  # keeps the job (and its timer) alive until it ends
         if on_event is not None:
-            on_event(Event(kind="log", message="$ " + " ".join(command), source="command"))
+            on_event(Event(kind="log", message=runner.describe(), source="command"))
         runner.start()
         if wait:
             if not job.done:
@@ -199,8 +221,8 @@ class SegmentationLogic:
             outcome.models = parse_models_json(result.stdout)
             self.models = outcome.models
 
-        outcome = self._start("models", Commands.models_command(self.python), self.environment(), None, (),
-                              finalize, wait, None, on_finished, protocol=False, exclusive=False)
+        runner = ProcessRunner(Commands.models_command(self.python), env=self.environment(), protocol=False)
+        outcome = self._start("models", runner, (), finalize, wait, None, on_finished, exclusive=False)
         if wait:
             if not outcome.ok:
                 raise RuntimeError(f"Could not list the models: {outcome.error}")
@@ -236,18 +258,49 @@ class SegmentationLogic:
         return modality_warning(model.modality, self.volumeStats(volumeNode))
 
     @staticmethod
-    def roiBoxLPS(roiNode, volumeNode=None):
+    def _worldToLocal(volumeNode):
+        """World RAS -> the volume's own RAS (through its parent transform, if any)."""
+        parent = volumeNode.GetParentTransformNode() if volumeNode is not None else None
+        if parent is None:
+            return lambda p: [float(v) for v in p]
+        worldToLocal = vtk.vtkGeneralTransform()
+        parent.GetTransformFromWorld(worldToLocal)
+        return lambda p: list(worldToLocal.TransformPoint([float(v) for v in p]))
+
+    @classmethod
+    def roiBoxLPS(cls, roiNode, volumeNode=None):
         """The ROI's bounds as the ``--roi`` LPS box, in the volume's own (untransformed) space."""
         bounds = [0.0] * 6
         roiNode.GetRASBounds(bounds)
-        parent = volumeNode.GetParentTransformNode() if volumeNode is not None else None
-        if parent is not None:
-            worldToLocal = vtk.vtkGeneralTransform()
-            parent.GetTransformFromWorld(worldToLocal)
-            corners = [worldToLocal.TransformPoint([x, y, z]) for x in bounds[0:2] for y in bounds[2:4]
-                       for z in bounds[4:6]]
+        if volumeNode is not None and volumeNode.GetParentTransformNode() is not None:
+            toLocal = cls._worldToLocal(volumeNode)
+            corners = [toLocal([x, y, z]) for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]
             bounds = [f(c[i] for c in corners) for i in range(3) for f in (min, max)]
         return ras_bounds_to_lps_box(bounds)
+
+    @classmethod
+    def pointLPS(cls, worldRAS, volumeNode=None):
+        """A world RAS point (a markups control point) in the volume's own LPS space (a refine
+        point prompt)."""
+        return ras_to_lps_point(cls._worldToLocal(volumeNode)(worldRAS))
+
+    @classmethod
+    def promptFor(cls, markupsNode, volumeNode, label, kind="point"):
+        """The refine prompt a markups node gives: an ROI is a box around ``label``; a point list
+        gives its last placed point, as ``kind`` (``point`` or ``negative``). None when nothing is
+        placed yet."""
+        from . import Commands
+
+        if markupsNode is None:
+            return None
+        if markupsNode.IsA("vtkMRMLMarkupsROINode"):
+            return Commands.refine_prompt(label, "box", cls.roiBoxLPS(markupsNode, volumeNode))
+        for i in reversed(range(markupsNode.GetNumberOfControlPoints())):
+            if markupsNode.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined:
+                position = [0.0, 0.0, 0.0]
+                markupsNode.GetNthControlPointPositionWorld(i, position)
+                return Commands.refine_prompt(label, kind, cls.pointLPS(position, volumeNode))
+        return None
 
     # ---- segment --------------------------------------------------------------------------------
     def segment(self, inputVolume, params: SegmentationParameters, roiNode=None, wait=False, on_event=None,
@@ -268,14 +321,15 @@ class SegmentationLogic:
         try:
             inputPath = SceneLoader.writeVolume(inputVolume, os.path.join(tempDir, INPUT_STEM + ".nrrd"))
             outputDir = os.path.join(tempDir, "output")
-            command = Commands.segment_command(params, inputPath, outputDir, python=self.python)
+            request = self.worker.request("segment", Commands.segment_args(params, inputPath, outputDir))
         except Exception:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
         labelColors = model.labelColors
 
         def finalize(result, outcome):
-            outputs = result.outputs[0] if isinstance(result.outputs, list) and result.outputs else None
+            reports = result.outputs.get("reports") if isinstance(result.outputs, dict) else None
+            outputs = reports[0].get("outputs") if reports else None
             if not outputs:
                 from .Protocol import discover_segment_outputs
 
@@ -292,8 +346,7 @@ class SegmentationLogic:
             outcome.roiNodes = loaded.roiNodes
             outcome.report = loaded.report
 
-        return self._start("segment", command, self.environment(params.device), tempDir, SEGMENT_STAGES, finalize,
-                           wait, on_event, on_finished, tempDir=tempDir)
+        return self._start("segment", request, SEGMENT_STAGES, finalize, wait, on_event, on_finished, tempDir=tempDir)
 
     # ---- fine-tune ------------------------------------------------------------------------------
     def finetune(self, segmentationNode, referenceVolume, params: FinetuneParameters, wait=False, on_event=None,
@@ -313,7 +366,7 @@ class SegmentationLogic:
             imagePath = SceneLoader.writeVolume(referenceVolume, os.path.join(tempDir, "image.nrrd"))
             labelPath = os.path.join(tempDir, "correction.seg.nrrd")
             written = SceneLoader.writeCorrection(segmentationNode, referenceVolume, model.labelNames, labelPath)
-            command = Commands.finetune_command(params, [(imagePath, labelPath)], python=self.python)
+            request = self.worker.request("finetune", Commands.finetune_args(params, [(imagePath, labelPath)]))
         except Exception:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
@@ -326,5 +379,66 @@ class SegmentationLogic:
             outcome.diceBefore, outcome.diceAfter = out.get("dice_before"), out.get("dice_after")
             self.models = []  # the list changed: the next listModels() reads it again
 
-        return self._start("finetune", command, self.environment(params.device), tempDir, FINETUNE_STAGES, finalize,
-                           wait, on_event, on_finished, tempDir=tempDir)
+        return self._start("finetune", request, FINETUNE_STAGES, finalize, wait, on_event, on_finished,
+                           tempDir=tempDir)
+
+    # ---- refine ---------------------------------------------------------------------------------
+    def volumeFile(self, volumeNode):
+        """``volumeNode`` written once for the worker, rewritten only when its voxels or geometry
+        change: the worker keeps the images it read by path and modification time, so a second
+        refine on the same volume reads nothing."""
+        imageData = volumeNode.GetImageData()
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        key = (imageData.GetMTime(), tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4)))
+        known = self._volumeFiles.get(volumeNode.GetID())
+        if known is not None and known[0] == key and os.path.isfile(known[1]):
+            return known[1]
+        if not self._cacheDir or not os.path.isdir(self._cacheDir):
+            self._cacheDir = self._tempDir("medseg-volumes-")
+        path = os.path.join(self._cacheDir, f"{volumeNode.GetID()}.nrrd")
+        staged = path + ".tmp.nrrd"  # a worker never sees a half-written image
+        SceneLoader.writeVolume(volumeNode, staged)
+        os.replace(staged, path)
+        self._volumeFiles[volumeNode.GetID()] = (key, path)
+        return path
+
+    def refine(self, segmentationNode, volumeNode, prompts, device="auto", wait=False, on_event=None,
+               on_finished=None, before_edit=None, askConfirmation=True):
+        """Re-segment the prompted organs of ``segmentationNode`` (a result over ``volumeNode``,
+        perhaps edited) with the model that made it. ``prompts`` are ``Commands.refine_prompt``
+        dicts (LPS mm, in the volume's own space). Each prompted segment changes only inside the
+        region the engine reports (``outcome.changes``); the others are untouched. ``before_edit()``
+        is called just before the segments change (the panel saves the Segment Editor's undo state)."""
+        if segmentationNode is None:
+            raise ValueError("Select the segmentation to refine.")
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise ValueError("Select the volume the segmentation was made on.")
+        modelName = segmentationNode.GetAttribute(SceneLoader.ATTR_MODEL) or ""
+        if not modelName:
+            raise ValueError(f"{segmentationNode.GetName()} was not made by a MedSeg model; segment the volume first.")
+        model = self._installedModel(modelName, askConfirmation)
+        inputPath = self.volumeFile(volumeNode)
+        tempDir = self._tempDir("medseg-refine-")
+        try:
+            labelsPath = os.path.join(tempDir, "current.seg.nrrd")
+            SceneLoader.writeCorrection(segmentationNode, volumeNode, model.labelNames, labelsPath)
+            outputDir = os.path.join(tempDir, "output")
+            request = self.worker.request("refine", Commands.refine_args(modelName, device, inputPath, labelsPath,
+                                                                         outputDir, prompts))
+        except Exception:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
+
+        def finalize(result, outcome):
+            record = result.outputs if isinstance(result.outputs, dict) else {}
+            outcome.changes = record.get("changes", [])
+            outcome.report = record
+            if any(c.get("box_index") for c in outcome.changes):
+                if before_edit is not None:
+                    before_edit()
+                SceneLoader.applyRefinement(segmentationNode, volumeNode, record["outputs"]["segmentation"],
+                                            outcome.changes)
+            outcome.segmentationNode = segmentationNode
+
+        return self._start("refine", request, REFINE_STAGES, finalize, wait, on_event, on_finished, tempDir=tempDir)

@@ -1,4 +1,4 @@
-"""The module panel: input, model, options, Apply/Cancel with progress and log, fine-tuning.
+"""The module panel: input, model, options, Apply/Cancel with progress and log, refine, fine-tuning.
 
 A binding only: it connects the widgets' signals and copies values between the widgets and the
 pure-Python decisions of ``Panel`` (enabled states, button texts, progress and time left, the model
@@ -14,7 +14,7 @@ from slicer.util import VTKObservationMixin
 
 from . import Panel, Parameters
 from .Parameters import DEVICES, FinetuneParameters, SegmentationParameters
-from .SceneLoader import ATTR_MODEL, ROLE_INPUT, reportSummary, setRegionsVisible
+from .SceneLoader import ATTR_MODEL, ROLE_INPUT, reportSummary, segmentAt, setRegionsVisible
 from .SegmentationLogic import Outcome
 
 MODEL_ROLE = qt.Qt.UserRole
@@ -27,7 +27,8 @@ class MedSegPanel(VTKObservationMixin):
         self.logic = logic
         self.ui = None
         self.tracker = None
-        self.runningKind = None  # "segment" or "finetune" while a child runs
+        self.runningKind = None  # "segment", "finetune" or "refine" while the worker runs one
+        self.promptNode = None  # the markups node observed for placed points
         self.lastResult = None
         self.pendingModelSelection = None
         self._restoring = False
@@ -56,6 +57,15 @@ class MedSegPanel(VTKObservationMixin):
         self.ui.finetuneVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
         self.ui.stepsSpinBox.connect("valueChanged(int)", self.saveSettings)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
+        self.ui.refineSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRefineSegmentationChanged)
+        self.ui.refinePromptSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRefinePromptChanged)
+        self.ui.refineOrganComboBox.connect("currentIndexChanged(int)", self.updateButtons)
+        self.ui.refineKindComboBox.connect("currentIndexChanged(int)", self.updateButtons)
+        self.ui.refineButton.connect("clicked(bool)", self.onRefineButton)
+        self.ui.refinePlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        # Enter refines while the section is open (the point is placed in a view, which keeps the focus)
+        self.refineShortcut = qt.QShortcut(qt.QKeySequence(qt.Qt.Key_Return), slicer.util.mainWindow())
+        self.refineShortcut.connect("activated()", self.onRefineShortcut)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.restoreSettings()
@@ -68,7 +78,8 @@ class MedSegPanel(VTKObservationMixin):
             self.refreshModels(askConfirmation=False)
 
     def cleanup(self):
-        self.logic.cancel()
+        self.logic.shutdown()
+        self.refineShortcut.setEnabled(False)
         self.removeObservers()
 
     # ---- settings -----------------------------------------------------------------------------------
@@ -149,6 +160,7 @@ class MedSegPanel(VTKObservationMixin):
         finally:
             combo.blockSignals(False)
         self.onModelChanged()
+        self.onRefineSegmentationChanged(self.ui.refineSegmentationSelector.currentNode())
 
     def onModelChanged(self, *unused):
         self.ui.modelInfoLabel.setText(Panel.modelInfoText(self.logic.modelInfo(self.currentModelName())))
@@ -185,18 +197,118 @@ class MedSegPanel(VTKObservationMixin):
         self.lastResult = None
         self.updateButtons()
 
+    # ---- refine -------------------------------------------------------------------------------------
+    def refineVolume(self):
+        """The volume the segmentation to refine was made on (else the input volume)."""
+        segmentation = self.ui.refineSegmentationSelector.currentNode()
+        volume = segmentation.GetNodeReference(ROLE_INPUT) if segmentation is not None else None
+        return volume or self.ui.inputVolumeSelector.currentNode()
+
+    def onRefineSegmentationChanged(self, node):
+        """The organs offered are the labels of the model that made the segmentation (an organ the
+        user deleted can be brought back)."""
+        model = self.logic.modelInfo(node.GetAttribute(ATTR_MODEL) or "") if node is not None else None
+        combo = self.ui.refineOrganComboBox
+        current = combo.currentText
+        combo.blockSignals(True)
+        try:
+            combo.clear()
+            organs = model.labelNames if model is not None else []
+            for name in organs:
+                combo.addItem(name)
+            combo.setCurrentIndex(Panel.organIndex(organs, None, current))
+        finally:
+            combo.blockSignals(False)
+        self.updateButtons()
+
+    def onRefinePromptChanged(self, node):
+        if self.promptNode is not None:
+            self.removeObserver(self.promptNode, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                                self.onRefinePointPlaced)
+        self.promptNode = node
+        self.ui.refinePlaceWidget.setCurrentNode(node)
+        if node is not None and node.IsA("vtkMRMLMarkupsFiducialNode"):
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onRefinePointPlaced)
+        self.updateButtons()
+
+    def onRefinePointPlaced(self, caller=None, event=None):
+        """A point was placed: preselect the organ of the segment under it."""
+        segmentation = self.ui.refineSegmentationSelector.currentNode()
+        prompt = self.logic.promptFor(self.promptNode, self.refineVolume(), "?") if segmentation is not None else None
+        if prompt is not None and "point" in prompt:
+            position = [0.0, 0.0, 0.0]
+            self.promptNode.GetNthControlPointPositionWorld(self.promptNode.GetNumberOfControlPoints() - 1, position)
+            organs = [self.ui.refineOrganComboBox.itemText(i) for i in range(self.ui.refineOrganComboBox.count)]
+            index = Panel.organIndex(organs, segmentAt(segmentation, position), self.ui.refineOrganComboBox.currentText)
+            self.ui.refineOrganComboBox.setCurrentIndex(index)
+        self.updateButtons()
+
+    def refinePrompt(self):
+        node = self.promptNode
+        if node is None:
+            return None
+        kind = Panel.refineKind(node.IsA("vtkMRMLMarkupsROINode"), self.ui.refineKindComboBox.currentIndex)
+        return self.logic.promptFor(node, self.refineVolume(), self.ui.refineOrganComboBox.currentText,
+                                    "negative" if kind == "negative" else "point")
+
+    def canRefine(self):
+        try:
+            hasPrompt = self.refinePrompt() is not None
+        except ValueError:
+            hasPrompt = False
+        return Panel.refineReady(self.ui.refineSegmentationSelector.currentNode() is not None,
+                                 self.refineVolume() is not None, hasPrompt, self.ui.refineOrganComboBox.currentText)
+
+    def saveUndoState(self, segmentationNode):
+        """One undo step in the Segment Editor for the refine, when the editor shows this segmentation."""
+        module = getattr(slicer.modules, "segmenteditor", None)
+        widget = module.widgetRepresentation() if module is not None else None
+        editor = getattr(widget.self(), "editor", None) if widget is not None else None
+        if editor is not None and editor.segmentationNode() == segmentationNode:
+            editor.saveStateForUndo()
+
+    def onRefineShortcut(self):
+        if not self.ui.refineCollapsibleButton.collapsed and self.ui.refineButton.enabled:
+            self.onRefineButton()
+
+    def onRefineButton(self, *unused):
+        if self.runningKind == Panel.REFINE:
+            self.ui.statusLabel.setText("Cancelling...")
+            self.logic.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the refine.", waitCursor=True):
+            segmentation = self.ui.refineSegmentationSelector.currentNode()
+            prompt = self.refinePrompt()
+            if prompt is None:
+                raise ValueError("Place a point on the organ (or a region of interest around it) first.")
+            self.startRun(Panel.REFINE)
+            try:
+                self.logic.refine(segmentation, self.refineVolume(), [prompt],
+                                  device=Parameters.DEVICES[max(0, self.ui.deviceComboBox.currentIndex)], wait=False,
+                                  on_event=self.onEvent, on_finished=self.onRefineFinished,
+                                  before_edit=lambda: self.saveUndoState(segmentation))
+            except Exception:
+                self.endRun("Not started.")
+                raise
+
+    def onRefineFinished(self, outcome):
+        self.finish(Panel.refineEnding(outcome), "SlicerMedSeg")
+
     def updateButtons(self, *unused):
         state = Panel.buttons(self.runningKind, self.ui.inputVolumeSelector.currentNode() is not None,
                               self.currentModelName(), self.ui.modelComboBox.count,
                               self.ui.correctionSelector.currentNode() is not None,
-                              self.ui.finetuneVolumeSelector.currentNode() is not None)
+                              self.ui.finetuneVolumeSelector.currentNode() is not None, self.canRefine())
         self.ui.applyButton.setText(state.applyText)
         self.ui.applyButton.setEnabled(state.applyEnabled)
         self.ui.finetuneButton.setText(state.finetuneText)
         self.ui.finetuneButton.setEnabled(state.finetuneEnabled)
+        self.ui.refineButton.setText(state.refineText)
+        self.ui.refineButton.setEnabled(state.refineEnabled)
         for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.refreshModelsButton,
                        self.ui.optionsCollapsibleButton, self.ui.correctionSelector, self.ui.finetuneVolumeSelector,
-                       self.ui.stepsSpinBox, self.ui.modelNameLineEdit):
+                       self.ui.stepsSpinBox, self.ui.modelNameLineEdit, self.ui.refineSegmentationSelector,
+                       self.ui.refinePromptSelector, self.ui.refineOrganComboBox, self.ui.refineKindComboBox):
             widget.setEnabled(state.inputsEnabled)
 
     # ---- running ------------------------------------------------------------------------------------
@@ -257,6 +369,7 @@ class MedSegPanel(VTKObservationMixin):
         if outcome.ok:
             self.lastResult = outcome.segmentationNode
             self.ui.correctionSelector.setCurrentNode(outcome.segmentationNode)
+            self.ui.refineSegmentationSelector.setCurrentNode(outcome.segmentationNode)
             self.ui.finetuneVolumeSelector.setCurrentNode(self.ui.inputVolumeSelector.currentNode())
         self.finish(Panel.segmentEnding(outcome, reportSummary(outcome.report) if outcome.ok else None), "SlicerMedSeg")
 

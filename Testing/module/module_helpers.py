@@ -25,8 +25,8 @@ from SlicerMedSegLib import Commands  # noqa: E402
 from SlicerMedSegLib.Parameters import SegmentationParameters  # noqa: E402
 from SlicerMedSegLib.ProcessRunner import ProcessRunner  # noqa: E402
 
-PURE_MODULES = ("Signal", "Parameters", "Geometry", "Models", "Commands", "Protocol", "ProcessRunner", "Requirements",
-                "Panel")
+PURE_MODULES = ("Signal", "Parameters", "Geometry", "Models", "Commands", "Protocol", "ProcessRunner", "WorkerClient",
+                "Requirements", "Panel")
 PHANTOM_LABELS = ["Liver", "SpinalCord", "Tumour", "LeftGland", "RightGland"]
 POSIX = os.name == "posix"
 

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 
 from module_helpers import LIB, MODULE_DIR, REPO
-from SlicerMedSegLib import Parameters
+from SlicerMedSegLib import Panel, Parameters
 
 
 # ---- the module's files ---------------------------------------------------------------------------
@@ -49,9 +49,14 @@ EXPECTED_WIDGETS = {
     "regionsCheckBox": "QCheckBox", "confidenceThresholdSpinBox": "QDoubleSpinBox", "stepsSpinBox": "QSpinBox",
     "modelNameLineEdit": "QLineEdit", "optionsCollapsibleButton": "ctkCollapsibleButton",
     "logCollapsibleButton": "ctkCollapsibleButton", "finetuneCollapsibleButton": "ctkCollapsibleButton",
+    "refineCollapsibleButton": "ctkCollapsibleButton", "refineSegmentationSelector": "qMRMLNodeComboBox",
+    "refinePromptSelector": "qMRMLNodeComboBox", "refinePlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "refineOrganComboBox": "QComboBox", "refineKindComboBox": "QComboBox", "refineButton": "QPushButton",
 }
 NODE_TYPES = {"inputVolumeSelector": ["vtkMRMLScalarVolumeNode"], "roiSelector": ["vtkMRMLMarkupsROINode"],
-              "correctionSelector": ["vtkMRMLSegmentationNode"], "finetuneVolumeSelector": ["vtkMRMLScalarVolumeNode"]}
+              "correctionSelector": ["vtkMRMLSegmentationNode"], "finetuneVolumeSelector": ["vtkMRMLScalarVolumeNode"],
+              "refineSegmentationSelector": ["vtkMRMLSegmentationNode"],
+              "refinePromptSelector": ["vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode"]}
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui_file_with_its_class():
@@ -71,4 +76,6 @@ def test_every_widget_the_code_uses_exists_in_the_ui_file_with_its_class():
         assert [s.text for s in prop] == node_types, name
     devices = [i.find("property/string").text.lower() for i in widgets["deviceComboBox"].findall("item")]
     assert devices == list(Parameters.DEVICES)  # the combo box index is the DEVICES index
+    kinds = [i.find("property/string").text for i in widgets["refineKindComboBox"].findall("item")]
+    assert len(kinds) == len(Panel.REFINE_POINT_KINDS) and "here" in kinds[0] and "Not" in kinds[1]
     assert root.find("widget").get("class") == "qMRMLWidget"

@@ -72,3 +72,21 @@ def cases(slicer_app, tmp_path_factory):
 @pytest.fixture(scope="session")
 def phantom_model(slicer_app):
     return installed_models()["phantom-unet"]
+
+
+@pytest.fixture
+def make_logic(slicer_app):
+    """``make_logic()``: a SegmentationLogic running this interpreter's engine; its worker is shut
+    down after the test (as the module's cleanup does)."""
+    from scene_helpers import REPO
+    from SlicerMedSegLib.SegmentationLogic import SegmentationLogic
+
+    made = []
+
+    def make():
+        made.append(SegmentationLogic(str(REPO / "SlicerMedSeg"), installLogic=None, python=sys.executable))
+        return made[-1]
+
+    yield make
+    for logic in made:
+        logic.shutdown()

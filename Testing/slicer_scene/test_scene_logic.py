@@ -14,14 +14,13 @@ from scene_helpers import (REPO, TRANSFORMS, edit_tumour, in_study, load_volume,
                            sitk_world_points, transform_points, under_transform, world_matrix)
 
 
-def test_segment_and_finetune_through_the_logic_under_a_rotated_transform(mrml, cases):
+def test_segment_and_finetune_through_the_logic_under_a_rotated_transform(mrml, cases, make_logic):
     import slicer
     from slicer_core_app import QTimer
     from SlicerMedSegLib import SceneLoader
     from SlicerMedSegLib.Parameters import FinetuneParameters, SegmentationParameters
-    from SlicerMedSegLib.SegmentationLogic import SegmentationLogic
 
-    logic = SegmentationLogic(str(REPO / "SlicerMedSeg"), installLogic=None, python=sys.executable)
+    logic = make_logic()
     # the event-loop mode (the panel): a QTimer drains the runner; the model list first
     job = logic.listModels(wait=False)
     assert QTimer.active and not job.done
@@ -51,7 +50,7 @@ def test_segment_and_finetune_through_the_logic_under_a_rotated_transform(mrml, 
     outcome = logic.segment(volume, SegmentationParameters(model="phantom-unet", device="cpu"), wait=True,
                             on_event=events.append)
     assert outcome.ok, outcome.error
-    assert events[0].source == "command" and "--device cpu" in events[0].message and events[-1].kind == "result"
+    assert events[0].source == "command" and '"device": "cpu"' in events[0].message and events[-1].kind == "result"
     assert not os.path.exists(logic.job.tempDir)
     seg = outcome.segmentationNode
     assert seg.GetName() == "phantom phantom-unet" and seg.GetParentTransformNode() is volume.GetParentTransformNode()
@@ -80,7 +79,7 @@ def test_segment_and_finetune_through_the_logic_under_a_rotated_transform(mrml, 
     assert seg.GetAttribute(SceneLoader.ATTR_MODEL) == "phantom-unet"  # the result keeps its parent model
 
 
-def test_segment_inside_a_markups_roi_drawn_in_world_space_over_a_rotated_volume(mrml, cases):
+def test_segment_inside_a_markups_roi_drawn_in_world_space_over_a_rotated_volume(mrml, cases, make_logic):
     """The ROI the user draws (world RAS) becomes the ``--roi`` box in the volume's own LPS frame:
     the engine labels only voxels inside it, and labels there what a full run labels."""
     import slicer
@@ -109,7 +108,7 @@ def test_segment_inside_a_markups_roi_drawn_in_world_space_over_a_rotated_volume
     local_lps = local_ras * [-1, -1, 1]
     np.testing.assert_allclose(box, list(local_lps.min(axis=0)) + list(local_lps.max(axis=0)), atol=1e-6)
 
-    logic = SegmentationLogic(str(REPO / "SlicerMedSeg"), installLogic=None, python=sys.executable)
+    logic = make_logic()
     outcome = logic.segment(volume, SegmentationParameters(model="phantom-unet", device="cpu"), roiNode=roi,
                             wait=True)
     assert outcome.ok, outcome.error
@@ -124,11 +123,10 @@ def test_segment_inside_a_markups_roi_drawn_in_world_space_over_a_rotated_volume
     assert outside.sum() > 100
 
 
-def test_the_modality_warning_reads_the_volume_through_slicer(mrml, cases):
+def test_the_modality_warning_reads_the_volume_through_slicer(mrml, cases, make_logic):
     import slicer
-    from SlicerMedSegLib.SegmentationLogic import SegmentationLogic
 
-    logic = SegmentationLogic(str(REPO / "SlicerMedSeg"), installLogic=None, python=sys.executable)
+    logic = make_logic()
     logic.listModels(wait=True)
     ct = load_volume(cases["oblique-left-handed"]["source"], "ct")
     assert logic.modalityWarning(ct, "phantom-unet") == ""

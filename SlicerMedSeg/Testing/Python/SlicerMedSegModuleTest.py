@@ -51,7 +51,7 @@ class SlicerMedSegModuleTest(ScriptedLoadableModuleTest):
                         + self.logic.install.plan().describe())
 
     def tearDown(self):
-        self.logic.cancel()
+        self.logic.shutdown()
         if self.oldHome is None:
             os.environ.pop("MEDSEG_HOME", None)
         else:
