@@ -59,6 +59,14 @@ def writeVolume(volumeNode, path):
     return str(path)
 
 
+def volumeVersion(volumeNode):
+    """What a written copy of ``volumeNode`` depends on: its voxels' modification time and its
+    IJK-to-RAS matrix (equal versions: the copy is still the volume)."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return volumeNode.GetImageData().GetMTime(), tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4))
+
+
 def segmentNames(segmentationNode):
     segmentation = segmentationNode.GetSegmentation()
     return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]

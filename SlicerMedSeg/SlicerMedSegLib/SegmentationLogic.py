@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import slicer
-import vtk
 
-from . import Commands, SceneLoader
-from .Geometry import ras_bounds_to_lps_box, ras_to_lps_point
+from . import Commands, MarkupsPrompts, SceneLoader
 from .Models import intensity_stats, modality_warning, parse_models_json
 from .Parameters import FinetuneParameters, SegmentationParameters
 from .ProcessRunner import ProcessRunner
@@ -257,50 +255,10 @@ class SegmentationLogic:
             return ""
         return modality_warning(model.modality, self.volumeStats(volumeNode))
 
-    @staticmethod
-    def _worldToLocal(volumeNode):
-        """World RAS -> the volume's own RAS (through its parent transform, if any)."""
-        parent = volumeNode.GetParentTransformNode() if volumeNode is not None else None
-        if parent is None:
-            return lambda p: [float(v) for v in p]
-        worldToLocal = vtk.vtkGeneralTransform()
-        parent.GetTransformFromWorld(worldToLocal)
-        return lambda p: list(worldToLocal.TransformPoint([float(v) for v in p]))
-
-    @classmethod
-    def roiBoxLPS(cls, roiNode, volumeNode=None):
-        """The ROI's bounds as the ``--roi`` LPS box, in the volume's own (untransformed) space."""
-        bounds = [0.0] * 6
-        roiNode.GetRASBounds(bounds)
-        if volumeNode is not None and volumeNode.GetParentTransformNode() is not None:
-            toLocal = cls._worldToLocal(volumeNode)
-            corners = [toLocal([x, y, z]) for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]
-            bounds = [f(c[i] for c in corners) for i in range(3) for f in (min, max)]
-        return ras_bounds_to_lps_box(bounds)
-
-    @classmethod
-    def pointLPS(cls, worldRAS, volumeNode=None):
-        """A world RAS point (a markups control point) in the volume's own LPS space (a refine
-        point prompt)."""
-        return ras_to_lps_point(cls._worldToLocal(volumeNode)(worldRAS))
-
-    @classmethod
-    def promptFor(cls, markupsNode, volumeNode, label, kind="point"):
-        """The refine prompt a markups node gives: an ROI is a box around ``label``; a point list
-        gives its last placed point, as ``kind`` (``point`` or ``negative``). None when nothing is
-        placed yet."""
-        from . import Commands
-
-        if markupsNode is None:
-            return None
-        if markupsNode.IsA("vtkMRMLMarkupsROINode"):
-            return Commands.refine_prompt(label, "box", cls.roiBoxLPS(markupsNode, volumeNode))
-        for i in reversed(range(markupsNode.GetNumberOfControlPoints())):
-            if markupsNode.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined:
-                position = [0.0, 0.0, 0.0]
-                markupsNode.GetNthControlPointPositionWorld(i, position)
-                return Commands.refine_prompt(label, kind, cls.pointLPS(position, volumeNode))
-        return None
+    # markups nodes -> the engine's boxes and prompts, in the volume's own LPS space (MarkupsPrompts)
+    roiBoxLPS = staticmethod(MarkupsPrompts.roiBoxLPS)
+    pointLPS = staticmethod(MarkupsPrompts.pointLPS)
+    promptFor = staticmethod(MarkupsPrompts.promptFor)
 
     # ---- segment --------------------------------------------------------------------------------
     def segment(self, inputVolume, params: SegmentationParameters, roiNode=None, wait=False, on_event=None,
@@ -387,10 +345,7 @@ class SegmentationLogic:
         """``volumeNode`` written once for the worker, rewritten only when its voxels or geometry
         change: the worker keeps the images it read by path and modification time, so a second
         refine on the same volume reads nothing."""
-        imageData = volumeNode.GetImageData()
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        key = (imageData.GetMTime(), tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4)))
+        key = SceneLoader.volumeVersion(volumeNode)
         known = self._volumeFiles.get(volumeNode.GetID())
         if known is not None and known[0] == key and os.path.isfile(known[1]):
             return known[1]
