@@ -165,3 +165,49 @@ def test_the_labels_may_be_a_runs_seg_nrrd_whose_low_confidence_layer_is_left_ou
     new = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "ph_labels.nii.gz")))
     assert not (new == TUMOUR).any()
     np.testing.assert_array_equal(new[run != TUMOUR], run[run != TUMOUR])  # every other organ as the run drew it
+
+
+def test_a_focusnet_point_centres_that_organs_sos_net_on_the_point(case, tmp_path):
+    """Untrained weights (the result means nothing): the path is checked. The SOL-Net's heatmaps
+    never pass the threshold, so without the point no SOS-Net would run; with it, the prompted
+    organ's SOS-Net runs centred on the point's voxel in every window holding it, the other's not."""
+    import copy
+
+    import torch
+
+    from medseg_core.models import find_model, save_package
+    from medseg_core.models.card import NetworkSpec
+    from medseg_core.nets import build_network
+    from medseg_core.nets.focusnet import FocusNet
+
+    card = copy.deepcopy(find_model(MODEL).card)
+    card.name, card.training = "tiny-focusnet", {}
+    card.network = NetworkSpec("focusnet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 6,
+                                            "small_organs": [LEFT_GLAND, 5], "roi_sizes": [[8, 12, 12], [8, 12, 12]],
+                                            "heatmap_threshold": 2.0, "features": [6, 8], "aspp_growth": 4,
+                                            "sos_features": [4, 6]})
+    torch.manual_seed(0)
+    save_package(card, build_network("focusnet", **card.network.kwargs).state_dict(), tmp_path / card.name)
+    calls = []
+    original = FocusNet.forward
+
+    def spy(self, x, centers=None):
+        out = original(self, x, centers=centers)
+        calls.append((centers, out.rois))
+        return out
+
+    FocusNet.forward = spy
+    try:
+        args = ["refine", str(case["image"]), "--model", str(tmp_path / card.name), "--labels", str(case["erased"]),
+                "--output", str(tmp_path / "o"), "--device", "cpu", "--progress", "none",
+                "--prompt", f"LeftGland:point:{_fmt(case['point'])}"]
+        assert cli.main(args) == 0
+    finally:
+        FocusNet.forward = original
+    assert calls and all(c is not None for c, _ in calls)
+    given = [(c[b, 0].tolist(), rois[b]) for c, rois in calls for b in range(c.shape[0]) if (c[b, 0] >= 0).all()]
+    assert given, "no window held the point"
+    for centre, rois in given:
+        assert rois[0]["active"] and rois[0]["center"] == centre  # LeftGland's SOS-Net, on the point
+        assert not rois[1]["active"]  # the other small organ: its heatmap says nothing is there
+    assert all((c[:, 1] == -1).all() for c, _ in calls)

@@ -1,5 +1,7 @@
 """Sliding-window prediction: coverage, blending and padding."""
 
+import math
+
 import torch
 
 from medseg_core.inference.sliding_window import gaussian_importance, sliding_window_predict, window_starts
@@ -37,3 +39,24 @@ def test_image_smaller_than_the_patch_is_padded_and_cropped_back():
 def test_gaussian_peaks_in_the_centre():
     w = gaussian_importance((9, 9))
     assert w[4, 4] == w.max() == 1.0 and w[0, 0] < 0.01 + 1e-3
+
+
+def test_with_starts_the_predictor_learns_each_windows_start_in_the_images_voxels():
+    """The start lies where the window's first voxel sits in the unpadded image: negative along an
+    axis padded to the window (z here: 5 voxels in windows of 8, one voxel of padding before)."""
+    shape, patch = (5, 6, 7), (8, 4, 4)
+    img = torch.arange(float(math.prod(shape))).reshape(1, *shape)
+    seen = []
+
+    def record(batch, starts):
+        for window, start in zip(batch, starts):
+            seen.append(start)
+            src = tuple(slice(max(0, a), min(a + p, n)) for a, p, n in zip(start, patch, shape))
+            dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, start))
+            assert torch.equal(window[(slice(None),) + dst], img[(slice(None),) + src])
+        return torch.cat([batch, -batch], 1)
+
+    sliding_window_predict(img, record, patch, 2, with_starts=True, batch_size=2)
+    assert {s[0] for s in seen} == {-1}
+    assert sorted({s[1] for s in seen}) == window_starts(6, 4, 0.5)
+    assert sorted({s[2] for s in seen}) == window_starts(7, 4, 0.5)

@@ -114,15 +114,27 @@ def test_batch_items_get_their_own_rois_and_fusion_is_local():
     assert not torch.equal(masks[0], masks[1])
 
 
-def test_heatmap_below_threshold_leaves_snet_logits():
+def test_heatmap_below_threshold_leaves_snet_logits_unless_a_centre_is_given():
     net = tiny_net()
     force_heatmaps(net, -20.0)
     net.eval()
+    x = torch.randn(*SHAPE)
     with torch.no_grad():
-        out = net(torch.randn(*SHAPE), centers=torch.full((2, 2, 3), 5))
+        out = net(x)
     assert not any(r["active"] for item in out.rois for r in item)
     assert torch.equal(out.logits, out.extras["snet_logits"])
     assert not out.extras["roi_masks"].any()
+    # a given centre is an organ found (a user's refine point): its SOS-Net is fused there, even
+    # though the heatmap says nothing is there; the organ without a centre stays off
+    centres = torch.tensor([[[5, 6, 7], [-1, -1, -1]]] * 2)
+    with torch.no_grad():
+        out = net(x, centers=centres)
+    assert [[r["active"] for r in item] for item in out.rois] == [[True, False]] * 2
+    assert out.rois[0][0]["center"] == [5, 6, 7]
+    inside = out.extras["roi_masks"][:, 0]
+    assert inside.any() and not out.extras["roi_masks"][:, 1].any()
+    assert torch.equal(out.logits[:, :, ~inside[0]][0], out.extras["snet_logits"][:, :, ~inside[0]][0])
+    assert not torch.equal(out.logits, out.extras["snet_logits"])
     # the same heatmap in training mode is fused regardless of its peak
     net.train()
     out = net(torch.randn(*SHAPE), centers=torch.full((2, 2, 3), 5))

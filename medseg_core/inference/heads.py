@@ -29,6 +29,7 @@ class Heads:
     threshold: float = 0.5
     roi_sizes: list[list[int]] = field(default_factory=list)  # FocusNet: ROI size per organ (voxels)
     stride: int = 1
+    center_prompt: bool = False  # FocusNet: forward(x, centers=...) centres the SOS-Nets
 
     @property
     def count(self) -> int:
@@ -43,7 +44,7 @@ class Heads:
                    distances=2 * int(net.spatial_dims) if spec.box_distances else 0,
                    heatmap_classes=list(spec.heatmap_classes),
                    threshold=float(spec.threshold), roi_sizes=[list(r) for r in spec.roi_sizes],
-                   stride=int(spec.stride))
+                   stride=int(spec.stride), center_prompt=bool(spec.center_prompt))
 
     def channels(self, out, size: tuple[int, ...]) -> list[torch.Tensor]:
         """The extra channels of one window batch, at the window's size ``size``."""

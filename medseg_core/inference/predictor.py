@@ -78,6 +78,13 @@ def fitted_patch(patch: Sequence[int], spatial: Sequence[int]) -> tuple[int, ...
     return tuple(int(p) if p == 1 else min(int(p), -(-int(s) // step) * step) for p, s in zip(patch, spatial))
 
 
+def _grid_index(grid: Grid, point_mm) -> tuple[float, float, float]:
+    """An LPS point's continuous (z, y, x) voxel on the model grid."""
+    rot = np.reshape(grid.direction, (3, 3))
+    ijk = rot.T @ (np.asarray(point_mm, dtype=float) - np.asarray(grid.origin)) / np.asarray(grid.spacing)
+    return float(ijk[2]), float(ijk[1]), float(ijk[0])
+
+
 class Predictor:
     """Holds one loaded model; ``predict`` may be called for many images.
 
@@ -113,11 +120,12 @@ class Predictor:
         spec = self.card.inference
         return list(spec.mirror_axes), [list(p) for p in spec.mirror_swap]
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class logits, then the heads' extra channels (see :mod:`.heads`)."""
+    def _forward(self, batch: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits, then the heads' extra channels (see :mod:`.heads`); ``centers`` go to a
+        network that takes them (FocusNet: (B, K, nd) voxels of each window, -1 where none)."""
         nd = self.card.spatial_dims  # a 2D net gets (B, C, 1, y, x) windows: it runs per slice
         x = to_net(batch, nd)
-        out = self.net(x)
+        out = self.net(x) if centers is None else self.net(x, centers=centers)
         chans = [out.logits] + (self.heads.channels(out, tuple(x.shape[2:])) if self.heads.count else [])
         y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits
         return from_net(y, nd)
@@ -134,18 +142,40 @@ class Predictor:
             out["distances"] = extra[i:i + h.distances]
         return out
 
-    def predict_array(self, image: np.ndarray, tta: bool = False, fit: bool = False) -> tuple[np.ndarray, dict, int]:
+    def _window_centers(self, centers: dict, starts, patch) -> torch.Tensor:
+        """(B, K, nd) centres of the small organs in each window's voxels (-1: the organ's own
+        heatmap peak), from ``centers`` {class value: (z, y, x) voxel of the whole image}. A 2D
+        network's window is one slice: every slice takes the point's in-plane position."""
+        nd, classes = self.card.spatial_dims, self.heads.heatmap_classes
+        out = torch.full((len(starts), len(classes), nd), -1, dtype=torch.long)
+        for value, zyx in centers.items():
+            j = classes.index(value)
+            for b, start in enumerate(starts):
+                local = [int(round(c)) - s for c, s in zip(zyx, start)][-nd:]
+                if all(0 <= v < n for v, n in zip(local, patch[-nd:])):
+                    out[b, j] = torch.tensor(local)
+        return out.to(self.device)
+
+    def predict_array(self, image: np.ndarray, tta: bool = False, fit: bool = False,
+                      centers: dict | None = None) -> tuple[np.ndarray, dict, int]:
         """(probabilities (N, z, y, x), the heads' maps by name, passes) for a (C, z, y, x) array.
 
         With ``tta`` the probabilities are averaged over the flips; the heads' maps come from the
         unflipped pass (flipping would also have to mirror the box distances). With ``fit`` a
         volume smaller than the window runs in a window fitted to it and ``FIT_MARGIN`` voxels of
-        padding each side (see :func:`fitted_patch`).
+        padding each side (see :func:`fitted_patch`). ``centers`` ({class value: (z, y, x) voxel})
+        place a network's small-organ segmenters (FocusNet's SOS-Nets) there; no flips then.
         """
         patch = volume_patch(self.card.patch_size, self.card.spatial_dims)
         if fit:
             patch = fitted_patch(patch, [n + 2 * FIT_MARGIN for n in image.shape[1:]])
-        axes, swap = self.mirror if tta else ([], [])
+        centers = {v: c for v, c in (centers or {}).items() if self.heads.center_prompt
+                   and v in self.heads.heatmap_classes}
+        axes, swap = self.mirror if tta and not centers else ([], [])
+        forward = self._forward
+        if centers:
+            def forward(batch, starts):
+                return self._forward(batch, self._window_centers(centers, starts, patch))
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         n, extra = self.card.num_classes, self.heads.count
         total, extras = None, {}
@@ -154,8 +184,8 @@ class Predictor:
             dims = [a + 1 for a in flip]
             xi = x.flip(dims) if dims else x
             out = sliding_window_predict(
-                xi, self._forward, patch, n, overlap=self.overlap, batch_size=self.batch_size, device=self.device,
-                amp=self.amp, num_extra=extra,
+                xi, forward, patch, n, overlap=self.overlap, batch_size=self.batch_size, device=self.device,
+                amp=self.amp, num_extra=extra, with_starts=bool(centers),
                 progress=lambda f, i=i: self.progress("infer", (i + f) / len(flips), f"pass {i + 1}/{len(flips)}"))
             if not dims and extra:
                 extras = self._split_extras(out[n:].numpy())
@@ -201,7 +231,8 @@ class Predictor:
         return torch.softmax(logits.float(), 0).cpu().numpy()
 
     def predict(self, images: list[sitk.Image], tta: bool = False, confidence: bool = True,
-                roi_mm: list[float] | None = None, organ_box: bool = True, fit: bool = False) -> Prediction:
+                roi_mm: list[float] | None = None, organ_box: bool = True, fit: bool = False,
+                centers_mm: dict | None = None) -> Prediction:
         """Segment one case given its channels (the first is the reference grid).
 
         Args:
@@ -215,6 +246,9 @@ class Predictor:
             fit: a crop smaller than the trained window runs in a window fitted to it (with
                 ``FIT_MARGIN`` voxels of air around) instead of one padded to the full window: a
                 refine's crop, a third of the work.
+            centers_mm: {class value: LPS point}: a network that segments its small organs
+                around given centres (FocusNet) centres that organ's SOS-Net on the point (a
+                refine point on a small organ); other networks ignore it.
         """
         reference = images[0]
         box = None
@@ -236,7 +270,8 @@ class Predictor:
         if box is not None and organ_box and self.net.output_heads().box_prompt:  # L-SNet: S-Net on the box
             probs, extras, passes = self._lsnet_on_box(pre.image, pre.grid, roi_mm), {}, 1
         else:
-            probs, extras, passes = self.predict_array(pre.image, tta, fit=fit)
+            centers = {v: _grid_index(pre.grid, p) for v, p in (centers_mm or {}).items()}
+            probs, extras, passes = self.predict_array(pre.image, tta, fit=fit, centers=centers)
         head = extras.get("confidence")
         if head is not None:
             head = head[0] if head.ndim == probs.ndim else head

@@ -8,8 +8,8 @@ runs out of it, and keeps the organ's connected component that holds the point, 
 one; a box runs the model inside the box
 and keeps the organ's largest component there; a negative point removes the organ's component
 under it without running the model. An L-SNet segments a prompt box with its S-Net (the
-predictor's box path); for a point it runs like any network. FocusNet's SOS-Net centred on the
-point is not used yet: the whole FocusNet runs on the crop.
+predictor's box path); for a point it runs like any network. A FocusNet runs on the crop with the
+SOS-Net of a small organ centred on the point (its SOL-Net still places the others).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ POINT_HALF_MM = 40.0
 GROW_STEPS = 2
 """How many times a point's region may grow where the organ reaches its edge."""
 KINDS = ("point", "box", "negative")
+SOS_ON_POINT = True
+"""A FocusNet segments a point's small organ with that organ's SOS-Net centred on the point."""
 FIT_WINDOW = True
 """Run a prompt's crop in a window fitted to it rather than padded to the trained window."""
 
@@ -90,13 +92,18 @@ def refine(predictor, images: list[sitk.Image], labels: sitk.Image, prompts: lis
     return RefineResult(out, changes, seconds)
 
 
-def _predict(predictor, images, value: int, lo, hi, box_mm=None) -> np.ndarray:
+def _predict(predictor, images, value: int, lo, hi, box_mm=None, point_mm=None) -> np.ndarray:
     """The model's mask of ``value`` in the voxel box ``[lo, hi)``, run on that box (plus context).
     A user's box (``box_mm``) is taken as a box around the organ (L-SNet's S-Net segments it); a
-    point's region is only where to look."""
+    point's region is only where to look, and a FocusNet centres the organ's SOS-Net on the point."""
     organ_box = box_mm is not None
     box_mm = box_mm if organ_box else index_box_to_physical(images[0], lo, hi)
-    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box, fit=FIT_WINDOW)
+    centers = {value: list(point_mm)} if point_mm is not None and SOS_ON_POINT else None
+    # a network that finds its organs' boxes itself (L-SNet) needs its trained window: in a fitted
+    # one its L-Net found a pointed organ for 33 % of the model's Dice, in the full one 67 %
+    fit = FIT_WINDOW and not predictor.heads.distances
+    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box, fit=fit,
+                             centers_mm=centers)
     return sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
 
 
@@ -109,7 +116,7 @@ def _grow(predictor, images, value: int, prompt: Prompt, lo, hi):
     lo, hi = np.asarray(lo), np.asarray(hi)
     step = np.maximum(1, np.round(POINT_HALF_MM / spacing)).astype(int)
     for attempt in range(GROW_STEPS + 1):
-        new = _predict(predictor, images, value, lo.tolist(), hi.tolist())
+        new = _predict(predictor, images, value, lo.tolist(), hi.tolist(), point_mm=prompt.mm)
         comp = _component(new, _seed(reference, prompt.mm, lo), nearest=True)
         if attempt == GROW_STEPS or not comp.any():
             break

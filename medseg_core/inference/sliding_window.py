@@ -52,6 +52,7 @@ def sliding_window_predict(
     amp: bool = False,
     progress: Callable[[float], None] | None = None,
     num_extra: int = 0,
+    with_starts: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities of a whole image by blended windows.
 
@@ -63,6 +64,9 @@ def sliding_window_predict(
         progress: called with the fraction of windows done.
         num_extra: trailing predictor channels that are not class logits (a confidence head,
             heatmaps, box distances): blended as they are, without the softmax.
+        with_starts: call ``predictor(batch, starts)`` with each window's start in ``image``'s
+            voxels (one tuple per window; negative where the image was padded), for predictors
+            that place something in the window.
 
     Returns:
         (num_classes + num_extra, *S) float32 on ``accumulate_device``: class probabilities that
@@ -88,7 +92,10 @@ def sliding_window_predict(
             sl = [tuple(slice(s, s + p) for s, p in zip(box, patch_size)) for box in chunk]
             batch = torch.stack([image[(slice(None),) + s] for s in sl]).to(device, non_blocking=True)
             with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp and dev_type in ("cuda", "cpu")):
-                logits = predictor(batch)
+                if with_starts:
+                    logits = predictor(batch, [tuple(s - p // 2 for s, p in zip(box, pad)) for box in chunk])
+                else:
+                    logits = predictor(batch)
             logits = logits.float()
             probs = torch.softmax(logits[:, :num_classes], dim=1)
             if num_extra:

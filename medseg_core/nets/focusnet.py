@@ -244,7 +244,7 @@ class FocusNet(SegNetwork):
     def output_heads(self) -> OutputHeads:
         """SOL-Net heatmaps, one per small organ, and the region each SOS-Net segments."""
         return OutputHeads(heatmap_classes=tuple(self.small_organs), threshold=self.heatmap_threshold,
-                           roi_sizes=tuple(tuple(r) for r in self.roi_sizes))
+                           roi_sizes=tuple(tuple(r) for r in self.roi_sizes), center_prompt=bool(self.small_organs))
 
     def forward(self, x: torch.Tensor, centers: torch.Tensor | None = None) -> SegOutput:
         snet_logits, feat, first = self.snet(x)
@@ -258,14 +258,17 @@ class FocusNet(SegNetwork):
         shape = x.shape[2:]
         b = x.shape[0]
         peaks, scores = heatmap_peaks(heatmaps)
+        given = torch.zeros(peaks.shape[:2], dtype=torch.bool, device=peaks.device)
         if centers is not None:
             centers = torch.as_tensor(centers, device=peaks.device).long()
             if centers.shape != peaks.shape:
                 raise ValueError(f"centers must have shape {tuple(peaks.shape)}, got {tuple(centers.shape)}")
-            given = (centers >= 0).all(dim=-1, keepdim=True)
-            peaks = torch.where(given, centers, peaks)
-        peaks_l, scores_l = peaks.tolist(), scores.tolist()
-        active = [[self.training or s > self.heatmap_threshold for s in row] for row in scores_l]
+            given = (centers >= 0).all(dim=-1)
+            peaks = torch.where(given[..., None], centers, peaks)
+        peaks_l, scores_l, given_l = peaks.tolist(), scores.tolist(), given.tolist()
+        # a given centre (the ground truth's in training, a user's point at inference) is an organ found
+        active = [[self.training or g or s > self.heatmap_threshold for s, g in zip(row, grow)]
+                  for row, grow in zip(scores_l, given_l)]
 
         srcs = [feat, first, x, heatmaps]
         if self.detach_sos_inputs:

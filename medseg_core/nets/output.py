@@ -45,6 +45,8 @@ class OutputHeads:
         roi_sizes: per heatmap channel, the region side in voxels the network segments (FocusNet).
         stride: the heatmaps' and distances' down-sampling (L-SNet: 4).
         box_prompt: ``forward(x, boxes=...)`` segments given boxes (L-SNet's S-Net on a user box).
+        center_prompt: ``forward(x, centers=...)`` segments its small organs around given centres
+            (FocusNet's SOS-Net on a user's point), a given centre counting as an organ found.
     """
 
     confidence: bool = False
@@ -54,3 +56,4 @@ class OutputHeads:
     roi_sizes: tuple[tuple[int, ...], ...] = ()
     stride: int = 1
     box_prompt: bool = False
+    center_prompt: bool = False
