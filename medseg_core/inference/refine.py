@@ -4,10 +4,11 @@ or a negative point ("not this component").
 The current labelmap (perhaps edited by the user) changes only for the prompted label and only
 inside the prompt's region; other labels are never overwritten. A point runs the model on a crop
 around it (``POINT_HALF_MM`` each way, plus the predictor's own context), grown where the organ
-runs out of it, and keeps the organ's connected component that holds the point, or the nearest
-one; a box runs the model inside the box
-and keeps the organ's largest component there; a negative point removes the organ's component
-under it without running the model. An L-SNet segments a prompt box with its S-Net (the
+runs out of it, and adds the organ's connected component that holds the point (or the nearest
+one) to what is there: a point never removes voxels, so a user's edits near it stay (replacing
+the organ in the region instead lost 0.051 Dice on the organs the model did worst on, adding
+lost 0.005). A box runs the model inside the box and the organ there becomes the model's largest
+component; a negative point removes the organ's component under it without running the model. An L-SNet segments a prompt box with its S-Net (the
 predictor's box path); for a point it runs like any network. A FocusNet runs on the crop with the
 SOS-Net of a small organ centred on the point (its SOL-Net still places the others).
 """
@@ -159,13 +160,13 @@ def _apply(current: np.ndarray, value: int, prompt: Prompt, new, lo, hi, referen
         keep = _component(organ, seed)
         added, removed = np.zeros_like(organ), keep
     else:
-        if prompt.kind == "point":
-            comp = _component(new, _seed(reference, prompt.mm, lo), nearest=True)
-        else:
-            comp = _largest(new)
         free = (old == 0) | organ
-        added = comp & free & ~organ
-        removed = organ & ~comp
+        if prompt.kind == "point":  # adds only: what the user or the model drew there stays
+            comp = _component(new, _seed(reference, prompt.mm, lo), nearest=True)
+            added, removed = comp & free & ~organ, np.zeros_like(organ)
+        else:  # a box: the organ inside is the model's
+            comp = _largest(new)
+            added, removed = comp & free & ~organ, organ & ~comp
     old[removed] = 0
     old[added] = value
     changed = added | removed
