@@ -161,7 +161,8 @@ def test_sigterm_ends_within_two_seconds_with_no_partial_output(tmp_path):
 
 
 @pytest.mark.parametrize("net,kwargs,source", [
-    ("focusnet", {"small_organs": [4, 5], "roi_sizes": [[8, 12, 12], [8, 12, 12]], "heatmap_threshold": 0.0}, "heatmap"),
+    ("focusnet", {"small_organs": [4, 5], "roi_sizes": [[8, 12, 12], [8, 12, 12]], "heatmap_threshold": 0.0,
+                  "features": [6, 8], "aspp_growth": 4, "sos_features": [4, 6]}, "heatmap"),
     ("lsnet", {"score_threshold": 0.0, "lnet_features": [4, 8], "snet_features": [4, 8], "roi_size": 16}, "boxes"),
 ])
 def test_regions_come_from_the_networks_own_heads(tmp_path, phantom, net, kwargs, source):

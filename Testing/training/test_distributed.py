@@ -37,22 +37,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, data, run, out, recipe):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _worker(rank, world, ports, data, run, out):
+    """One rank: every recipe in turn (one process pair for all: spawning costs more than the steps),
+    each with its own rendezvous port and run folder."""
     torch.set_num_threads(1)
     from medseg_core.nets import build_network
     from medseg_core.training.config import TrainConfig
     from medseg_core.training.trainer import network_kwargs, train
 
-    network, patch, extra = RECIPES[recipe]
-    cfg = TrainConfig(name=f"ddp-{recipe}", network=network, patch_size=patch, batch_size=2, steps=STEPS,
-                      val_every=100, warmup_steps=1, seed=3, half_weights=False, recipe=recipe, **extra)
-    res = train(cfg, run, data_dir=data, device="cpu", progress="none", log=lambda *a: None)
-    torch.manual_seed(cfg.seed)  # the trainer's initialisation, for comparison
-    init = build_network(network["name"], **network_kwargs(cfg, 1, 6)).state_dict()
-    torch.save({"trained": res.net.state_dict(), "init": init, "steps": res.steps},
-               os.path.join(out, f"rank{rank}.pt"))
+    for recipe, port in zip(RECIPES, ports):
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        network, patch, extra = RECIPES[recipe]
+        cfg = TrainConfig(name=f"ddp-{recipe}", network=network, patch_size=patch, batch_size=2, steps=STEPS,
+                          val_every=100, warmup_steps=1, seed=3, half_weights=False, recipe=recipe, **extra)
+        res = train(cfg, os.path.join(run, recipe), data_dir=data, device="cpu", progress="none",
+                    log=lambda *a: None)
+        torch.manual_seed(cfg.seed)  # the trainer's initialisation, for comparison
+        init = build_network(network["name"], **network_kwargs(cfg, 1, 6)).state_dict()
+        torch.save({"trained": res.net.state_dict(), "init": init, "steps": res.steps},
+                   os.path.join(out, f"{recipe}-rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +64,21 @@ def dataset(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("ddp") / "Phantom", 4, seed=5, shape=(24, 40, 40))
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_two_gloo_ranks_hold_identical_weights(dataset, tmp_path, recipe):
-    run, out = tmp_path / "run", tmp_path / "out"
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """Both ranks' weights after every recipe (two processes, gloo)."""
+    tmp = tmp_path_factory.mktemp("ddp-runs")
+    run, out = tmp / "run", tmp / "out"
     out.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), str(dataset), str(run), str(out), recipe), nprocs=2, join=True)
-    r0 = torch.load(out / "rank0.pt", weights_only=True)
-    r1 = torch.load(out / "rank1.pt", weights_only=True)
+    ports = [_free_port() for _ in RECIPES]
+    mp.spawn(_worker, args=(2, ports, str(dataset), str(run), str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_two_gloo_ranks_hold_identical_weights(trained, recipe):
+    r0 = torch.load(trained / f"{recipe}-rank0.pt", weights_only=True)
+    r1 = torch.load(trained / f"{recipe}-rank1.pt", weights_only=True)
     assert r0["steps"] == r1["steps"] == STEPS
     a, b = r0["trained"], r1["trained"]
     assert a.keys() == b.keys()
