@@ -58,6 +58,7 @@ def test_a_format_1_card_takes_its_flips_from_the_training_record():
     (lambda d: d["preprocessing"].update(spacing=[1.0, 0.0, 1.0]), "spacing must be 3 positive numbers"),
     (lambda d: d.pop("network"), "missing 'network'"),
     (lambda d: d.update(network={"name": "unet", "kwargs": [1]}), "network must be"),
+    (lambda d: d["inference"].update(largest_component=[1, "Liver"]), "largest_component must be a list of label"),
 ])
 def test_malformed_cards_are_one_line_model_errors(tmp_path, change, message):
     d = json.loads((bundled_dir() / "phantom-unet" / "card.json").read_text())
@@ -68,3 +69,11 @@ def test_malformed_cards_are_one_line_model_errors(tmp_path, change, message):
         ModelCard.read(path)
     text = str(err.value)
     assert text.startswith(f"{path}: invalid model card") and message in text and "\n" not in text
+
+
+def test_the_largest_component_rule_round_trips_and_is_absent_when_empty():
+    spec = InferenceSpec([32, 48, 48], [2], [[4, 5]], [1, 3])
+    assert InferenceSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["largest_component"] == [1, 3]
+    assert "largest_component" not in InferenceSpec([32, 48, 48]).to_dict()  # older cards keep their form
+    assert InferenceSpec.from_dict({"patch_size": [8, 8, 8]}).largest_component == []

@@ -6,7 +6,9 @@
   heatmaps, L-SNet's boxes, :attr:`Prediction.regions`), else boxes around the connected
   components of the labelmap (:func:`~medseg_core.inference.regions.component_regions`), and
   the one-layer segmentation that draws them;
-* each organ's volume and mean confidence.
+* each organ's volume and mean confidence;
+* first of all, for the organs the card names (``inference.largest_component``), only the largest
+  connected component is kept (:func:`keep_largest_components`).
 
 Every array is on the input grid, (z, y, x).
 """
@@ -52,11 +54,38 @@ class CaseOutputs:
     labels_found: bool = True
 
 
+def keep_largest_components(labels: sitk.Image, values) -> sitk.Image:
+    """``labels`` with each of ``values`` reduced to its largest connected component (26-connected);
+    the other components become background. The geometry is kept.
+
+    >>> a = np.zeros((1, 5, 9), np.uint8); a[0, 1:4, 0:3] = 2; a[0, 2, 6:8] = 2; a[0, 0, 8] = 1
+    >>> out = sitk.GetArrayFromImage(keep_largest_components(sitk.GetImageFromArray(a), [2]))
+    >>> int((out == 2).sum()), int((out == 1).sum())
+    (9, 1)
+    """
+    values = [int(v) for v in values]
+    if not values:
+        return labels
+    arr = sitk.GetArrayFromImage(labels)
+    for v in values:
+        mask = arr == v
+        if not mask.any():
+            continue
+        comps = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+        counts = np.bincount(comps.ravel())
+        counts[0] = 0
+        arr[mask & (comps != int(np.argmax(counts)))] = 0
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(labels)
+    return out
+
+
 def postprocess(labels: sitk.Image, confidence: np.ndarray | None, prediction, card,
                 threshold: float) -> CaseOutputs:
     """The layers and figures of one case; ``prediction`` is the
     :class:`~medseg_core.inference.predictor.Prediction` (None for a constant image, segmented as
-    background without the network)."""
+    background without the network). The card's per-organ component rule is applied first."""
+    labels = keep_largest_components(labels, card.inference.largest_component)
     names = card.label_names()
     arr = np.asarray(sitk.GetArrayViewFromImage(labels))
     out = CaseOutputs(labels, confidence)

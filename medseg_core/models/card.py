@@ -58,15 +58,21 @@ class InferenceSpec:
         mirror_axes: axes of the model-grid volume (0, 1, 2 = z, y, x, for 2D models too) flipped
             for test-time augmentation (those the model was trained with); empty: no flips.
         mirror_swap: label pairs exchanged when the last of ``mirror_axes`` (left-right) is flipped.
+        largest_component: label values of which only the largest connected component is kept
+            (chosen per organ on the validation split, as nnU-Net does; ``tools/choose_postprocessing.py``).
     """
 
     patch_size: list[int]
     mirror_axes: list[int] = field(default_factory=list)
     mirror_swap: list[list[int]] = field(default_factory=list)
+    largest_component: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"patch_size": list(self.patch_size), "mirror_axes": list(self.mirror_axes),
-                "mirror_swap": [list(p) for p in self.mirror_swap]}
+        d = {"patch_size": list(self.patch_size), "mirror_axes": list(self.mirror_axes),
+             "mirror_swap": [list(p) for p in self.mirror_swap]}
+        if self.largest_component:  # absent means none: older cards keep their form
+            d["largest_component"] = [int(v) for v in self.largest_component]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InferenceSpec":
@@ -78,7 +84,11 @@ class InferenceSpec:
         if any(not 0 <= a <= 2 for a in axes):
             raise ValueError(f"mirror_axes {axes} must be volume axes 0, 1 or 2")
         swap = [[int(a), int(b)] for a, b in d.get("mirror_swap") or []]
-        return cls(list(patch), axes, swap)
+        largest = d.get("largest_component") or []
+        if not isinstance(largest, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                    for v in largest):
+            raise ValueError(f"largest_component must be a list of label values, got {largest!r}")
+        return cls(list(patch), axes, swap, list(largest))
 
 
 @dataclass
