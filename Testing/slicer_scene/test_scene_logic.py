@@ -151,4 +151,4 @@ def test_the_in_slicer_test_file_runs_here_as_far_as_it_needs_no_qt(mrml, monkey
     assert set(names) | set(module.NEEDS_QT) == {n for n in dir(module.SlicerMedSegModuleTest) if n.startswith("test_")}
     suite = unittest.TestSuite(module.SlicerMedSegModuleTest(name) for name in names)
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
-    assert result.wasSuccessful() and result.testsRun == len(names) == 3, result.failures + result.errors
+    assert result.wasSuccessful() and result.testsRun == len(names) == 4, result.failures + result.errors

@@ -34,7 +34,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
 PHANTOM_LABELS = ["Liver", "SpinalCord", "Tumour", "LeftGland", "RightGland"]
 TESTS = ("test_segment_phantom", "test_cancel_leaves_scene_unchanged", "test_finetune_on_edited_segment",
-         "test_new_model_is_selected_in_the_panel")
+         "test_refine_brings_a_deleted_organ_back", "test_new_model_is_selected_in_the_panel")
 NEEDS_QT = ("test_new_model_is_selected_in_the_panel",)
 
 
@@ -188,6 +188,32 @@ class SlicerMedSegModuleTest(ScriptedLoadableModuleTest):
         self.assertTrue(job.outcome.cancelled)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.assertFalse(os.path.exists(job.tempDir))
+
+    def test_refine_brings_a_deleted_organ_back(self):
+        self.delayDisplay("Refining a deleted organ from a point")
+        volume, _ = self.loadPhantom()
+        outcome, _ = self.segment(volume, confidence=False)
+        self.assertTrue(outcome.ok, outcome.error)
+        seg = outcome.segmentationNode
+        segmentation = seg.GetSegmentation()
+        glandId = segmentation.GetSegmentIdBySegmentName("LeftGland")
+        gland = slicer.util.arrayFromSegmentBinaryLabelmap(seg, glandId, volume) > 0
+        liver = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName("Liver"),
+                                                           volume).copy()
+        segmentation.RemoveSegment(glandId)
+        bounds = self.voxelBoundsRAS(volume, gland)
+        point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "here")
+        point.AddControlPoint(*[(bounds[2 * a] + bounds[2 * a + 1]) / 2 for a in range(3)])
+        prompt = self.logic.segmentation.promptFor(point, volume, "LeftGland")
+        result = self.logic.refine(seg, volume, [prompt], device="cpu", wait=True, askConfirmation=False)
+        self.assertTrue(result.ok, result.error)
+        backId = segmentation.GetSegmentIdBySegmentName("LeftGland")
+        self.assertTrue(backId)
+        back = slicer.util.arrayFromSegmentBinaryLabelmap(seg, backId, volume) > 0
+        self.assertGreater(2 * np.logical_and(back, gland).sum() / (back.sum() + gland.sum()), 0.9)
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName("Liver"), volume),
+            liver)
 
     def test_finetune_on_edited_segment(self):
         self.delayDisplay("Fine-tuning on an edited segment")
