@@ -25,7 +25,8 @@ from .io.naming import output_paths, stem_of
 def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, device: str = "auto",
                   overwrite: bool = False, batch_size: int = 4, progress: Callable | None = None,
                   predictor=None, tta: bool = False, confidence: bool = True,
-                  confidence_threshold: float = 0.5, roi_mm: list[float] | None = None) -> list[dict]:
+                  confidence_threshold: float = 0.5, roi_mm: list[float] | None = None,
+                  read_images: Callable | None = None) -> list[dict]:
     """Segment each input with ``model``; returns one report dict per input.
 
     Args:
@@ -35,6 +36,8 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         confidence: write the confidence map and the "Low confidence" segment.
         confidence_threshold: voxels under it (in or next to the foreground) are "Low confidence".
         roi_mm: segment only inside this LPS box (x0, y0, z0, x1, y1, z1) in mm.
+        read_images: ``(path, n_channels) -> images`` (default ``io.read_channels``); the worker
+            passes the one that keeps recent images, so a refine after it reads nothing.
     """
     from .inference.postprocess import postprocess, small_organs
     from .inference.predictor import Predictor
@@ -51,9 +54,10 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     check_output_folder(output_dir)  # created only when the first case is written
     # every input is read and checked before the first is segmented: a bad one stops the run
     # before anything is written (the first is kept; the others are read again in turn)
-    first = read_channels(inputs[0], len(card.channels))
+    read = read_images or read_channels
+    first = read(inputs[0], len(card.channels))
     for other in inputs[1:]:
-        read_channels(other, len(card.channels))
+        read(other, len(card.channels))
     t0 = time.perf_counter()
     report_cb("load", 0.0, f"loading {card.name}")
     pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb)
@@ -66,7 +70,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     for i, (path, stem) in enumerate(zip(inputs, stems)):
         report_cb("read", i / len(inputs), f"reading {path.name}")
         t = time.perf_counter()
-        images = first if i == 0 else read_channels(path, len(card.channels))
+        images = first if i == 0 else read(path, len(card.channels))
         first = None
         seconds = {"load_model": round(pred.load_seconds, 3) if i == 0 and fresh_load else 0.0,
                    "read": time.perf_counter() - t}

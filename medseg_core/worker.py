@@ -35,7 +35,8 @@ from .errors import EXIT_INPUT, MedSegError
 from .progress import JsonReporter
 
 IMAGE_CACHE = 2
-"""Cases whose images the worker keeps between requests (a refine reads its case once)."""
+"""Cases whose images the worker keeps between requests (a refine after a segment of the same
+file, or a second refine, reads nothing)."""
 
 
 class Worker:
@@ -75,7 +76,7 @@ class Worker:
         pred, _ = self.predictor(request.model, request.device, request.batch_size)
         pred.progress = reporter
         cached = getattr(pred, "load_reported", False)
-        reports = run_segment(request, progress=reporter, predictor=pred)
+        reports = run_segment(request, progress=reporter, predictor=pred, read_images=self.read_images)
         return {"reports": reports, "model_was_loaded": cached}
 
     def finetune(self, args: dict, reporter: JsonReporter):

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-from .Protocol import Event, RunResult, parse_line, resolve_outputs
+from .Protocol import Event, RunResult, parse_line, resolve_outputs, stderr_error
 from .Signal import Signal
 
 CANCEL_GRACE_S = 1.5
@@ -251,9 +251,7 @@ class ProcessRunner:
         if self._errorEvent is not None:
             error, error_code = self._errorEvent.message, self._errorEvent.code
         elif returncode != 0:
-            lines = [ln for ln in self._stderrTail if ln.strip()]
-            own = [ln for ln in lines if ln.startswith("medseg: error")]  # the CLI's one-line errors
-            error = (own or lines or [f"{self.command[0]} exited with code {returncode}"])[-1]
+            error = stderr_error(self._stderrTail) or f"{self.command[0]} exited with code {returncode}"
         elif self.protocol and self._resultEvent is None:
             error = "the child ended without a result line"
         if cancelled:

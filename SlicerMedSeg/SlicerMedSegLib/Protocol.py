@@ -219,6 +219,18 @@ def discover_segment_outputs(output_dir: str, stem: str) -> dict[str, str]:
     return found
 
 
+def stderr_error(lines) -> str:
+    """The line that says why a child failed: its last ``medseg: error`` line (the CLI's one-line
+    errors), else its last non-blank stderr line, else empty.
+
+    >>> stderr_error(["Traceback ...", "medseg: error: x.nii: cut short", "bye"])
+    'medseg: error: x.nii: cut short'
+    """
+    lines = [ln for ln in lines if ln.strip()]
+    own = [ln for ln in lines if ln.startswith("medseg: error")]
+    return (own or lines or [""])[-1]
+
+
 @dataclass
 class RunResult:
     """How a child process ended.

@@ -59,12 +59,12 @@ def writeVolume(volumeNode, path):
     return str(path)
 
 
-def volumeVersion(volumeNode):
-    """What a written copy of ``volumeNode`` depends on: its voxels' modification time and its
-    IJK-to-RAS matrix (equal versions: the copy is still the volume)."""
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return volumeNode.GetImageData().GetMTime(), tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4))
+def removeTemporaryNode(node):
+    """Remove a node the module made only to read or write a file, with its display node."""
+    displayNode = node.GetDisplayNode()
+    if displayNode is not None:
+        slicer.mrmlScene.RemoveNode(displayNode)
+    slicer.mrmlScene.RemoveNode(node)
 
 
 def segmentNames(segmentationNode):
@@ -106,10 +106,7 @@ def writeCorrection(segmentationNode, referenceVolume, labelNames, path):
         if not storageNode.WriteData(exportNode):
             raise RuntimeError(f"could not write the correction to {path}")
     finally:
-        displayNode = exportNode.GetDisplayNode()
-        if displayNode is not None:
-            slicer.mrmlScene.RemoveNode(displayNode)
-        slicer.mrmlScene.RemoveNode(exportNode)
+        removeTemporaryNode(exportNode)
     return names
 
 
@@ -369,10 +366,7 @@ def applyRefinement(segmentationNode, volumeNode, refinedPath, changes):
             slicer.util.updateSegmentBinaryLabelmapFromArray(old, segmentationNode, targetId, volumeNode)
             changedIds.append(targetId)
     finally:
-        displayNode = refined.GetDisplayNode()
-        if displayNode is not None:
-            slicer.mrmlScene.RemoveNode(displayNode)
-        slicer.mrmlScene.RemoveNode(refined)
+        removeTemporaryNode(refined)
     return changedIds
 
 

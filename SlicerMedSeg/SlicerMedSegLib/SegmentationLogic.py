@@ -29,9 +29,9 @@ from .Parameters import FinetuneParameters, SegmentationParameters
 from .ProcessRunner import ProcessRunner
 from .Protocol import FINETUNE_STAGES, REFINE_STAGES, SEGMENT_STAGES, Event
 from .Signal import Signal
+from .VolumeFiles import VolumeFiles
 from .WorkerClient import WorkerClient
 
-INPUT_STEM = "input"
 
 
 @dataclass
@@ -114,8 +114,7 @@ class SegmentationLogic:
         self._sideJobs = set()  # model listings, which may run beside it
         self.models = []
         self._worker: Optional[WorkerClient] = None
-        self._volumeFiles = {}  # volume node ID -> (what it was written from, path): a refine's image
-        self._cacheDir = None
+        self.volumeFiles = VolumeFiles(lambda: self._tempDir("medseg-volumes-"))
 
     # ---- environment ----------------------------------------------------------------------------
     @staticmethod
@@ -169,9 +168,7 @@ class SegmentationLogic:
         self.cancel()
         if self._worker is not None:
             self._worker.shutdown()
-        if self._cacheDir:
-            shutil.rmtree(self._cacheDir, ignore_errors=True)
-        self._cacheDir, self._volumeFiles = None, {}
+        self.volumeFiles.clear()
 
     @staticmethod
     def _tempDir(prefix):
@@ -277,7 +274,7 @@ class SegmentationLogic:
                              "run it with the medseg command line.")
         tempDir = self._tempDir("medseg-segment-")
         try:
-            inputPath = SceneLoader.writeVolume(inputVolume, os.path.join(tempDir, INPUT_STEM + ".nrrd"))
+            inputPath = self.volumeFile(inputVolume)  # the file a later refine of this volume reuses
             outputDir = os.path.join(tempDir, "output")
             request = self.worker.request("segment", Commands.segment_args(params, inputPath, outputDir))
         except Exception:
@@ -291,7 +288,7 @@ class SegmentationLogic:
             if not outputs:
                 from .Protocol import discover_segment_outputs
 
-                outputs = discover_segment_outputs(outputDir, INPUT_STEM)
+                outputs = discover_segment_outputs(outputDir, os.path.basename(inputPath)[:-len(".nrrd")])
             if not outputs.get("segmentation"):
                 outcome.error = "medseg finished without writing a segmentation"
                 return
@@ -342,21 +339,9 @@ class SegmentationLogic:
 
     # ---- refine ---------------------------------------------------------------------------------
     def volumeFile(self, volumeNode):
-        """``volumeNode`` written once for the worker, rewritten only when its voxels or geometry
-        change: the worker keeps the images it read by path and modification time, so a second
-        refine on the same volume reads nothing."""
-        key = SceneLoader.volumeVersion(volumeNode)
-        known = self._volumeFiles.get(volumeNode.GetID())
-        if known is not None and known[0] == key and os.path.isfile(known[1]):
-            return known[1]
-        if not self._cacheDir or not os.path.isdir(self._cacheDir):
-            self._cacheDir = self._tempDir("medseg-volumes-")
-        path = os.path.join(self._cacheDir, f"{volumeNode.GetID()}.nrrd")
-        staged = path + ".tmp.nrrd"  # a worker never sees a half-written image
-        SceneLoader.writeVolume(volumeNode, staged)
-        os.replace(staged, path)
-        self._volumeFiles[volumeNode.GetID()] = (key, path)
-        return path
+        """``volumeNode`` as the file the worker reads (``VolumeFiles``: written once,
+        rewritten only when it changed)."""
+        return self.volumeFiles.path(volumeNode)
 
     def refine(self, segmentationNode, volumeNode, prompts, device="auto", wait=False, on_event=None,
                on_finished=None, before_edit=None, askConfirmation=True):

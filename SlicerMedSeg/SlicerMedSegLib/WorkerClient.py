@@ -24,7 +24,7 @@ import time
 from typing import Any, Mapping, Optional, Sequence
 
 from .ProcessRunner import CANCEL_GRACE_S, kill_process_tree, popen_tree_options
-from .Protocol import RunResult, parse_line, resolve_outputs
+from .Protocol import RunResult, parse_line, resolve_outputs, stderr_error
 from .Signal import Signal
 
 
@@ -254,8 +254,6 @@ class WorkerClient:
         req = self._active
         if req is None or req.done:
             return
-        lines = [ln for ln in self._stderrTail if ln.strip()]
-        own = [ln for ln in lines if ln.startswith("medseg: error")]
-        detail = (own or lines or [""])[-1]
+        detail = stderr_error(self._stderrTail)
         error = f"the medseg worker stopped (exit code {returncode})" + (f": {detail}" if detail else "")
         req._finish(returncode=returncode, error=error, stderr_tail=list(self._stderrTail))

@@ -141,3 +141,24 @@ def result_labels(logic):
     """The labelmap the engine wrote for the refine being applied (read before its folder goes)."""
     labels = logic.job.runner.result.outputs["outputs"]["labels"]
     return sitk.GetArrayFromImage(sitk.ReadImage(labels))
+
+
+def test_volume_files_are_written_once_rewritten_when_changed_and_the_oldest_removed(mrml, cases, make_logic):
+    import os
+
+    import slicer
+
+    logic = make_logic()
+    volumes = [load_volume(cases[name]["source"], name) for name in list(cases)[:3]]
+    first = logic.volumeFile(volumes[0])
+    os.utime(first, ns=(1, 1))  # a stamp no write leaves
+    assert logic.volumeFile(volumes[0]) == first and os.stat(first).st_mtime_ns == 1  # unchanged: not rewritten
+    array = slicer.util.arrayFromVolume(volumes[0])
+    array[0, 0, 0] += 1
+    slicer.util.arrayFromVolumeModified(volumes[0])
+    assert logic.volumeFile(volumes[0]) == first and os.stat(first).st_mtime_ns != 1  # its voxels changed
+    second, third = logic.volumeFile(volumes[1]), logic.volumeFile(volumes[2])
+    assert os.path.isfile(second) and os.path.isfile(third) and not os.path.exists(first)  # two are kept
+    assert not [f for f in os.listdir(os.path.dirname(third)) if ".tmp" in f]
+    logic.shutdown()
+    assert not os.path.exists(os.path.dirname(third))

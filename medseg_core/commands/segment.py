@@ -54,9 +54,11 @@ class SegmentRequest:
         return checks.request_from_dict(cls, "segment", args)
 
 
-def run_segment(request: SegmentRequest, progress: Callable | None = None, predictor=None) -> list[dict]:
+def run_segment(request: SegmentRequest, progress: Callable | None = None, predictor=None,
+                read_images=None) -> list[dict]:
     """Segment the request's inputs; one report dict per input. Under ``torchrun`` each rank takes
-    its share of the inputs (and its own GPU): a rank without a share returns an empty list."""
+    its share of the inputs (and its own GPU): a rank without a share returns an empty list.
+    ``read_images`` as in :func:`~medseg_core.segment.segment_files`."""
     from ..segment import segment_files
     from ..training import distributed as dd
 
@@ -73,4 +75,4 @@ def run_segment(request: SegmentRequest, progress: Callable | None = None, predi
     return segment_files(inputs, request.model, request.output, device=request.device, overwrite=request.overwrite,
                          batch_size=request.batch_size, progress=progress, predictor=predictor, tta=request.tta,
                          confidence=request.confidence, confidence_threshold=request.confidence_threshold,
-                         roi_mm=request.roi)
+                         roi_mm=request.roi, read_images=read_images)

@@ -30,6 +30,7 @@ class Heads:
     roi_sizes: list[list[int]] = field(default_factory=list)  # FocusNet: ROI size per organ (voxels)
     stride: int = 1
     center_prompt: bool = False  # FocusNet: forward(x, centers=...) centres the SOS-Nets
+    box_prompt: bool = False  # L-SNet: forward(x, boxes=...) segments given boxes
 
     @property
     def count(self) -> int:
@@ -44,7 +45,8 @@ class Heads:
                    distances=2 * int(net.spatial_dims) if spec.box_distances else 0,
                    heatmap_classes=list(spec.heatmap_classes),
                    threshold=float(spec.threshold), roi_sizes=[list(r) for r in spec.roi_sizes],
-                   stride=int(spec.stride), center_prompt=bool(spec.center_prompt))
+                   stride=int(spec.stride), center_prompt=bool(spec.center_prompt),
+                   box_prompt=bool(spec.box_prompt))
 
     def channels(self, out, size: tuple[int, ...]) -> list[torch.Tensor]:
         """The extra channels of one window batch, at the window's size ``size``."""

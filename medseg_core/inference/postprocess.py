@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from ..io.terminology import SMALL_ORGAN_REGION_CODE, project_terminology
 from ..labels import Label
 from .confidence import low_confidence_mask, mean_per_label
-from .regions import box_mask, component_regions
+from .regions import box_mask, component_regions, largest_component
 
 LOW_CONFIDENCE = "Low confidence"
 LOW_CONFIDENCE_COLOR = (1.0, 0.85, 0.0)
@@ -69,12 +69,7 @@ def keep_largest_components(labels: sitk.Image, values) -> sitk.Image:
     arr = sitk.GetArrayFromImage(labels)
     for v in values:
         mask = arr == v
-        if not mask.any():
-            continue
-        comps = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
-        counts = np.bincount(comps.ravel())
-        counts[0] = 0
-        arr[mask & (comps != int(np.argmax(counts)))] = 0
+        arr[mask & ~largest_component(mask)] = 0
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(labels)
     return out

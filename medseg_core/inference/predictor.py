@@ -163,11 +163,14 @@ class Predictor:
         With ``tta`` the probabilities are averaged over the flips; the heads' maps come from the
         unflipped pass (flipping would also have to mirror the box distances). With ``fit`` a
         volume smaller than the window runs in a window fitted to it and ``FIT_MARGIN`` voxels of
-        padding each side (see :func:`fitted_patch`). ``centers`` ({class value: (z, y, x) voxel})
+        padding each side (see :func:`fitted_patch`), unless the network detects its own organ
+        boxes (L-SNet). ``centers`` ({class value: (z, y, x) voxel})
         place a network's small-organ segmenters (FocusNet's SOS-Nets) there; no flips then.
         """
         patch = volume_patch(self.card.patch_size, self.card.spatial_dims)
-        if fit:
+        # a network that finds its organs' boxes itself (L-SNet) keeps its trained window: in a
+        # fitted one its L-Net found a refine point's organ for 33 % of its Dice, in the full one 67 %
+        if fit and not self.heads.distances:
             patch = fitted_patch(patch, [n + 2 * FIT_MARGIN for n in image.shape[1:]])
         centers = {v: c for v, c in (centers or {}).items() if self.heads.center_prompt
                    and v in self.heads.heatmap_classes}
@@ -203,11 +206,10 @@ class Predictor:
     def _lsnet_on_box(self, image: np.ndarray, grid: Grid, roi_mm: list[float]) -> np.ndarray:
         """Class probabilities from an L-SNet whose region is the user's box (no keypoints):
         the S-Net segments the recalibrated box, pasted back into the (cropped) volume."""
-        rot = np.reshape(grid.direction, (3, 3))
-        corners = np.array([[x, y, z] for x in roi_mm[0::3] for y in roi_mm[1::3] for z in roi_mm[2::3]])
-        idx = np.array([rot.T @ (c - np.asarray(grid.origin)) / np.asarray(grid.spacing) for c in corners])
-        lo = np.clip(np.floor(idx.min(0) + 0.5), 0, None)[::-1]  # (z, y, x) voxel edges
-        hi = np.minimum(np.ceil(idx.max(0) + 0.5), np.array(image.shape[1:][::-1]))[::-1]
+        corners = [[x, y, z] for x in roi_mm[0::3] for y in roi_mm[1::3] for z in roi_mm[2::3]]
+        idx = np.array([_grid_index(grid, c) for c in corners])  # (z, y, x)
+        lo = np.clip(np.floor(idx.min(0) + 0.5), 0, None)  # voxel edges
+        hi = np.minimum(np.ceil(idx.max(0) + 0.5), np.array(image.shape[1:]))
         x = torch.from_numpy(image)[None].to(self.device)
         # the L-Net still runs over the whole input: a crop smaller than the trained window is
         # padded at its far end (box coordinates unchanged) so its deepest level keeps some extent
@@ -267,7 +269,7 @@ class Predictor:
         pre = self.preprocessor(images)
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        if box is not None and organ_box and self.net.output_heads().box_prompt:  # L-SNet: S-Net on the box
+        if box is not None and organ_box and self.heads.box_prompt:  # L-SNet: S-Net on the box
             probs, extras, passes = self._lsnet_on_box(pre.image, pre.grid, roi_mm), {}, 1
         else:
             centers = {v: _grid_index(pre.grid, p) for v, p in (centers_mm or {}).items()}

@@ -8,8 +8,9 @@ runs out of it, and adds the organ's connected component that holds the point (o
 one) to what is there: a point never removes voxels, so a user's edits near it stay (replacing
 the organ in the region instead lost 0.051 Dice on the organs the model did worst on, adding
 lost 0.005). A box runs the model inside the box and the organ there becomes the model's largest
-component; a negative point removes the organ's component under it without running the model. An L-SNet segments a prompt box with its S-Net (the
-predictor's box path); for a point it runs like any network. A FocusNet runs on the crop with the
+component; a negative point removes the organ's component under it without running the model.
+An L-SNet segments a prompt box with its S-Net (the predictor's box path); for a point it runs
+like any network. A FocusNet runs on the crop with the
 SOS-Net of a small organ centred on the point (its SOL-Net still places the others).
 """
 
@@ -23,7 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import name_key
-from .regions import index_box_to_physical, physical_box_to_index
+from .regions import index_box_to_physical, largest_component, physical_box_to_index
 
 POINT_HALF_MM = 40.0
 """Half the side of the region a point prompt may change (before the model's context)."""
@@ -100,10 +101,7 @@ def _predict(predictor, images, value: int, lo, hi, box_mm=None, point_mm=None) 
     organ_box = box_mm is not None
     box_mm = box_mm if organ_box else index_box_to_physical(images[0], lo, hi)
     centers = {value: list(point_mm)} if point_mm is not None and SOS_ON_POINT else None
-    # a network that finds its organs' boxes itself (L-SNet) needs its trained window: in a fitted
-    # one its L-Net found a pointed organ for 33 % of the model's Dice, in the full one 67 %
-    fit = FIT_WINDOW and not predictor.heads.distances
-    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box, fit=fit,
+    pred = predictor.predict(images, confidence=False, roi_mm=box_mm, organ_box=organ_box, fit=FIT_WINDOW,
                              centers_mm=centers)
     return sitk.GetArrayViewFromImage(pred.labels)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] == value
 
@@ -165,7 +163,7 @@ def _apply(current: np.ndarray, value: int, prompt: Prompt, new, lo, hi, referen
             comp = _component(new, _seed(reference, prompt.mm, lo), nearest=True)
             added, removed = comp & free & ~organ, np.zeros_like(organ)
         else:  # a box: the organ inside is the model's
-            comp = _largest(new)
+            comp = largest_component(new)
             added, removed = comp & free & ~organ, organ & ~comp
     old[removed] = 0
     old[added] = value
@@ -201,15 +199,6 @@ def _component(mask: np.ndarray, seed, nearest: bool = False) -> np.ndarray:
         idx = np.argwhere(comps > 0)
         which = comps[tuple(idx[np.argmin(((idx - np.asarray(seed)) ** 2).sum(1))])]
     return comps == which
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    if not mask.any():
-        return np.zeros_like(mask)
-    comps = _components(mask)
-    counts = np.bincount(comps.ravel())
-    counts[0] = 0
-    return comps == int(np.argmax(counts))
 
 
 def _components(mask: np.ndarray) -> np.ndarray:

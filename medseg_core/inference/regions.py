@@ -35,6 +35,23 @@ def physical_box_to_index(img: sitk.Image, box_mm, margin_mm: float = 0.0) -> tu
     return lo.tolist(), hi.tolist()
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean (z, y, x) mask (empty when the mask is),
+    found inside the mask's bounding box only.
+
+    >>> m = np.zeros((1, 4, 8), bool); m[0, :2, :3] = True; m[0, 3, 6:] = True
+    >>> int(largest_component(m).sum()), bool(largest_component(m)[0, 3, 7])
+    (6, False)
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    crop = bbox_from_mask(mask, min_count=1)
+    if crop is None:
+        return out
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask[crop].astype(np.uint8)), True))
+    out[crop] = sitk.GetArrayViewFromImage(cc) == 1  # relabelled by size: 1 is the largest
+    return out
+
+
 def component_regions(labels: sitk.Image, organs: dict[int, str], probability=None, min_voxels: int = 3,
                       max_per_organ: int = 3) -> list[dict]:
     """Connected components of each small organ's label, largest first.
