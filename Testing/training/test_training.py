@@ -85,3 +85,25 @@ def test_paper_recipes_train_2d_networks_on_slices(phantom_dataset, tmp_path, re
     pkg = find_model(str(tmp_path / "pkg"))
     assert pkg.card.spatial_dims == 2 and pkg.card.patch_size == patch
     assert np.isfinite(res.best_dice)
+
+
+def test_init_from_starts_at_the_parents_weights_and_records_it(phantom_dataset, tmp_path):
+    from medseg_core.errors import ModelError
+
+    quiet = dict(device="cpu", progress="none", log=lambda *a: None)
+    train(tiny_config(steps=10, val_every=10), tmp_path / "a", data_dir=phantom_dataset, output=tmp_path / "A", **quiet)
+    parent = find_model(str(tmp_path / "A"))
+    # with a learning rate of 0 the child is its parent, whatever the (new) augmentation does
+    child_cfg = tiny_config(steps=4, val_every=4, lr=0.0, init_from=str(tmp_path / "A"), version="1.1.0",
+                            augment_kwargs={"affine_p": 1.0, "blur_p": 1.0})
+    train(child_cfg, tmp_path / "b", data_dir=phantom_dataset, output=tmp_path / "B", **quiet)
+    child = find_model(str(tmp_path / "B"))
+    a, b = parent.load_state_dict(), child.load_state_dict()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert child.card.parent["name"] == "tiny-phantom" and child.card.parent["version"] == "1.0.0"
+    assert child.card.parent["weights_sha256"] == parent.card.weights.sha256
+    assert child.card.training["config"]["augment_kwargs"] == {"affine_p": 1.0, "blur_p": 1.0}
+    other = tiny_config(steps=2, init_from=str(tmp_path / "A"),
+                        network={"name": "unet", "kwargs": {"spatial_dims": 3, "features": [8, 16, 64]}})
+    with pytest.raises(ModelError, match="init_from weights do not fit"):
+        train(other, tmp_path / "c", data_dir=phantom_dataset, **quiet)

@@ -31,6 +31,8 @@ class TrainConfig:
     deep_supervision: bool = True
     mirror_axes: list[int] = field(default_factory=list)
     mirror_swap: list[list[int]] = field(default_factory=list)
+    augment_kwargs: dict = field(default_factory=dict)  # more of data.augment.Augmenter (blur_p, affine_p, ...)
+    init_from: str | None = None  # a model name or package whose weights start the run (same network)
     val_every: int = 250
     val_cases: int | None = None  # None: the whole validation split
     seed: int = 0

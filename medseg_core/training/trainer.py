@@ -27,7 +27,8 @@ from ..io.atomic import atomic_folder, write_text_atomic
 from ..io.terminology import default_color, terminology_for
 from ..labels import Label
 from ..metrics.overlap import dice_per_value
-from ..models import ModelCard, load_package, save_package
+from ..errors import ModelError
+from ..models import ModelCard, find_model, load_package, save_package
 from ..models.card import InferenceSpec, NetworkSpec
 from ..nets import build_network
 from ..nets.slicewise import from_net, to_net, volume_patch
@@ -186,8 +187,11 @@ class Trainer:
         seed = cfg.seed * 1000 + info.rank
         patch = volume_patch(cfg.patch_size, self.spatial_dims)
         self.sampler = PatchSampler(self.images, self.labels, self.n_cls, patch, cfg.fg_fraction, seed=seed)
-        self.augment = Augmenter(cfg.mirror_axes, cfg.mirror_swap, seed=seed + 1)
+        spacing = list(reversed(self.pre.spacing)) if self.pre.spacing else None  # (z, y, x) like a patch
+        self.augment = Augmenter(cfg.mirror_axes, cfg.mirror_swap, seed=seed + 1, spacing=spacing,
+                                 **cfg.augment_kwargs)
         self.net = build_network(cfg.network["name"], **self.net_kwargs).to(self.dev)
+        self.parent = self._init_weights() if cfg.init_from else None
 
         def make_optimizer(params) -> torch.optim.Optimizer:
             return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -201,6 +205,21 @@ class Trainer:
         amp = cfg.amp and use_bf16(self.dev)  # on CPUs with native bf16 it about halves a step
         self.loop = TrainingLoop(self.recipe, self.net, self.sampler, self.augment, self.opt, sched, cfg.batch_size,
                                  self.spatial_dims, self.dev, amp)
+
+    def _init_weights(self) -> dict:
+        """Start from the weights of ``config.init_from`` (SHA-256 checked); its record for the card."""
+        pkg = find_model(self.config.init_from)
+        if pkg.card.network.name != self.config.network["name"]:
+            raise ModelError(f"{pkg.path}: init_from is a {pkg.card.network.name}, the config trains a "
+                             f"{self.config.network['name']}")
+        try:
+            self.net.load_state_dict(pkg.load_state_dict())
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"{pkg.path}: init_from weights do not fit the network ({first})") from None
+        self.say(f"starting from {pkg.card.name} {pkg.card.version}")
+        return {"name": pkg.card.name, "version": pkg.card.version, "weights_sha256": pkg.card.weights.sha256,
+                "parent": pkg.card.parent, "how": "training continued on the whole training split"}
 
     def _resume(self) -> None:
         from safetensors.torch import load_file
@@ -319,7 +338,7 @@ class Trainer:
                       "seconds": round(self.clock.elapsed(), 1), "device": str(self.dev),
                       "world_size": self.info.world_size, "command": self.command},
             validation={"during_training": {"mean_dice_model_grid": round(self.best, 4), "step": self.best_step}},
-            small_organs=list(cfg.small_organs))
+            small_organs=list(cfg.small_organs), parent=self.parent)
 
     def _finish(self) -> TrainResult:
         """The final package copied to ``output`` (rank 0), the process group closed."""
