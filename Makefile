@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# Slicer's terminology files for the slicer-core tests: trame-slicer's wheel carries them (its
 	# own dependencies, a web framework, are not needed: nothing imports it)
 	$(BIN)/python -m pip install -q --no-deps "trame-slicer==2.0.0"
+	# OpenVINO, where PyPI can be reached: the faster runtime on CPUs without native bf16; without
+	# it PyTorch runs everything and its tests say why they are skipped
+	$(BIN)/python -m pip install -q --timeout 20 --retries 1 -e ".[openvino]" || \
+		echo "OpenVINO could not be installed: PyTorch runs the networks"
 	touch $@
 
 setup: $(VENV)/.installed

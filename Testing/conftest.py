@@ -18,6 +18,10 @@ pytest_plugins = ["io_helpers", "module_helpers"]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The networks run in PyTorch throughout the suite, subprocesses included: where OpenVINO is
+# installed, "auto" would export every test's network into that test's empty model home, and
+# the tests compare against PyTorch. Testing/inference/test_runtime.py asks for OpenVINO itself.
+os.environ.setdefault("MEDSEG_RUNTIME", "torch")
 
 
 @pytest.fixture(autouse=True)

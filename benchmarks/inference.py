@@ -66,12 +66,18 @@ def child_env(threads: int | None) -> dict:
     return env
 
 
-def end_to_end(path: Path, device: str, threads: int | None, batch_size: int) -> dict:
-    """One fresh ``medseg segment`` process: report seconds, wall seconds and peak RSS (bytes)."""
+def end_to_end(path: Path, device: str, threads: int | None, batch_size: int, model: str = MODEL,
+               command: list[str] | None = None) -> dict:
+    """One fresh ``medseg segment`` process (or ``command``, given an output file as its last
+    argument, printing its stage seconds as JSON): its seconds, wall seconds and peak RSS (bytes)."""
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
         out, log, time_file = Path(tmp) / "out", Path(tmp) / "log.txt", Path(tmp) / "time.txt"
-        cmd = medseg_command() + ["segment", str(path), "--model", MODEL, "--output", str(out),
-                                  "--device", device, "--batch-size", str(batch_size)]
+        if command is None:
+            cmd = medseg_command() + ["segment", str(path), "--model", model, "--output", str(out),
+                                      "--device", device, "--batch-size", str(batch_size)]
+        else:
+            out.mkdir()
+            cmd = list(command) + [str(out / "labels.nii.gz")]
         if GNU_TIME.is_file():
             cmd = [str(GNU_TIME), "-v", "-o", str(time_file)] + cmd
         t = time.perf_counter()
@@ -89,7 +95,10 @@ def end_to_end(path: Path, device: str, threads: int | None, batch_size: int) ->
             m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text())
             if m:
                 rss_kib, source = int(m.group(1)), "/usr/bin/time -v"
-        report = json.loads(next(out.glob("*_report.json")).read_text())
+        if command is None:
+            report = json.loads(next(out.glob("*_report.json")).read_text())
+        else:
+            report = json.loads(log.read_text().strip().splitlines()[-1])
     return {"seconds": report["seconds"], "wall_seconds": round(wall, 3),
             "peak_rss_bytes": rss_kib * 1024, "peak_rss_source": source}
 

@@ -6,7 +6,7 @@ Prints mean Dice per way: on the rotated grid against the reference labels resam
 (nearest), and with the result brought back onto the original grid against the original
 reference; the original case segmented as it is gives the ceiling. Needs ../shared/data/HNOAR.
 
-    python benchmarks/oblique.py [--cases hn_201,hn_202] [--degrees 20]
+    python benchmarks/oblique.py [--cases hn_201,hn_202] [--degrees 20] [--model NAME_OR_FOLDER]
 """
 
 from __future__ import annotations
@@ -59,13 +59,15 @@ def main() -> int:
     ap.add_argument("--cases", default="hn_201")
     ap.add_argument("--degrees", type=float, default=20.0)
     ap.add_argument("--inplane", type=float, default=1.5)
+    ap.add_argument("--model", default="hn-oar", help="model name or package folder")
+    ap.add_argument("--straightened-only", action="store_true", help="skip the run without straightening")
     a = ap.parse_args()
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent")
         return 0
     work = Path(tempfile.mkdtemp(prefix="medseg-oblique-"))
     try:
-        pkg = find_model("hn-oar")
+        pkg = find_model(a.model)
         for flag in (False, True):
             card = copy.deepcopy(pkg.card)
             card.name, card.preprocessing.resample_oblique = f"hn-{flag}", flag
@@ -84,7 +86,7 @@ def main() -> int:
             orig_labels = sitk.ReadImage(original["outputs"]["labels"])
             row = {"case": case, "original": mean_dice(sitk.GetArrayFromImage(orig_labels), sitk.GetArrayFromImage(lab),
                                                        values)}
-            for flag in (False, True):
+            for flag in ((True,) if a.straightened_only else (False, True)):
                 t = time.perf_counter()
                 rep = segment_files([work / f"{case}_rot.nii.gz"], str(work / f"hn-{flag}"), work / f"o{flag}",
                                     device="cpu")[0]

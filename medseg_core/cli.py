@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--confidence-threshold", type=float, default=0.5,
                    help="confidence under which voxels join the 'Low confidence' segment (default 0.5)")
     s.add_argument("--roi", metavar="x0,y0,z0,x1,y1,z1", help="segment only inside this box (LPS mm)")
+    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+                   help="what runs the network: auto (OpenVINO on a CPU without native bf16 when it is "
+                        "installed, else PyTorch), torch or openvino")
     s.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     r = sub.add_parser("refine", help="re-segment prompted organs of an existing result")
@@ -114,7 +117,7 @@ def cmd_segment(a) -> int:
 
     request = SegmentRequest(inputs=a.inputs, model=a.model, output=a.output, device=a.device, overwrite=a.overwrite,
                              batch_size=a.batch_size, tta=a.tta, confidence=not a.no_confidence,
-                             confidence_threshold=a.confidence_threshold, roi=a.roi)
+                             confidence_threshold=a.confidence_threshold, roi=a.roi, runtime=a.runtime)
     reports = run_segment(request, progress=_reporter(a))
     _close(a)
     if a.progress == "json":

@@ -26,7 +26,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
                   overwrite: bool = False, batch_size: int = 4, progress: Callable | None = None,
                   predictor=None, tta: bool = False, confidence: bool = True,
                   confidence_threshold: float = 0.5, roi_mm: list[float] | None = None,
-                  read_images: Callable | None = None) -> list[dict]:
+                  read_images: Callable | None = None, runtime: str = "auto") -> list[dict]:
     """Segment each input with ``model``; returns one report dict per input.
 
     Args:
@@ -38,6 +38,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         roi_mm: segment only inside this LPS box (x0, y0, z0, x1, y1, z1) in mm.
         read_images: ``(path, n_channels) -> images`` (default ``io.read_channels``); the worker
             passes the one that keeps recent images, so a refine after it reads nothing.
+        runtime: what runs the network's windows (see :mod:`.inference.runtime`).
     """
     from .inference.postprocess import postprocess, small_organs
     from .inference.predictor import Predictor
@@ -60,7 +61,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         read(other, len(card.channels))
     t0 = time.perf_counter()
     report_cb("load", 0.0, f"loading {card.name}")
-    pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb)
+    pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb, runtime=runtime)
     if tta and not pred.mirror[0]:
         print(f"medseg: warning: {card.name} was trained without flips; --tta has nothing to average",
               file=sys.stderr)
@@ -81,6 +82,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         t = time.perf_counter()
         case = postprocess(labels, conf, result, card, confidence_threshold)
         report = {"input": str(path), "model": card.name, "version": card.version, "device": str(pred.device),
+                  "runtime": pred.runtime,
                   "labels": {str(v): n for v, n in card.label_names().items()},
                   "volumes_ml": case.summary.pop("volumes_ml"), "tta_passes": result.tta if result is not None else 0,
                   "roi_mm": roi_mm, "warnings": warnings, "outputs": {k: str(v) for k, v in plan[stem].items()},

@@ -20,11 +20,18 @@ from collections.abc import Sequence
 from ..errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
+RUNTIMES = ("auto", "torch", "openvino")  # see medseg_core/inference/runtime.py
 
 
 def device(option: str, value) -> str:
     if value not in DEVICES:
         raise InputError(f"{option} {value!r}: expected one of {', '.join(DEVICES)}")
+    return value
+
+
+def runtime(option: str, value) -> str:
+    if value not in RUNTIMES:
+        raise InputError(f"{option} {value!r}: expected one of {', '.join(RUNTIMES)}")
     return value
 
 

@@ -23,6 +23,7 @@ class SegmentRequest:
         confidence: write the confidence map and the "Low confidence" segment.
         confidence_threshold: in [0, 1]; voxels under it join "Low confidence".
         roi: segment only inside this LPS box, six numbers (or their ``x0,...,z1`` text), mm.
+        runtime: what runs the network's windows: ``auto``, ``torch`` or ``openvino``.
     """
 
     inputs: list
@@ -35,6 +36,7 @@ class SegmentRequest:
     confidence: bool = True
     confidence_threshold: float = 0.5
     roi: list | str | None = None
+    runtime: str = "auto"
 
     def __post_init__(self):
         self.inputs = checks.paths("INPUT", self.inputs)
@@ -47,6 +49,7 @@ class SegmentRequest:
         self.confidence = checks.flag("--no-confidence", self.confidence)
         self.confidence_threshold = checks.fraction("--confidence-threshold", self.confidence_threshold)
         self.roi = None if self.roi is None else checks.roi("--roi", self.roi)
+        self.runtime = checks.runtime("--runtime", self.runtime)
 
     @classmethod
     def from_dict(cls, args) -> SegmentRequest:
@@ -75,4 +78,4 @@ def run_segment(request: SegmentRequest, progress: Callable | None = None, predi
     return segment_files(inputs, request.model, request.output, device=request.device, overwrite=request.overwrite,
                          batch_size=request.batch_size, progress=progress, predictor=predictor, tta=request.tta,
                          confidence=request.confidence, confidence_threshold=request.confidence_threshold,
-                         roi_mm=request.roi, read_images=read_images)
+                         roi_mm=request.roi, read_images=read_images, runtime=request.runtime)

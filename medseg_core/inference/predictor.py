@@ -23,6 +23,7 @@ from .confidence import entropy_confidence
 from .device import resolve_device, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
+from .runtime import OpenVinoWindows, choose
 from .sliding_window import sliding_window_predict
 
 FIT_MARGIN = 16
@@ -94,10 +95,11 @@ class Predictor:
         batch_size: windows per forward pass.
         overlap: window overlap fraction.
         progress: optional callback ``(stage, fraction, message="", eta_s=None)``.
+        runtime: "auto", "torch" or "openvino": what runs the windows (see :mod:`.runtime`).
     """
 
     def __init__(self, package: ModelPackage, device: str = "auto", batch_size: int = 4,
-                 overlap: float = 0.5, progress: Callable | None = None):
+                 overlap: float = 0.5, progress: Callable | None = None, runtime: str = "auto"):
         t0 = time.perf_counter()
         self.package = package
         self.card = package.card
@@ -112,6 +114,9 @@ class Predictor:
         self.batch_size = batch_size
         self.overlap = overlap
         self.progress = progress or (lambda *a, **k: None)
+        plain = not (self.heads.count or self.heads.center_prompt or self.heads.box_prompt)
+        self.runtime = choose(runtime, self.device, self.amp, plain)
+        self._openvino: OpenVinoWindows | None = None  # built on the first window of the card's size
         self.load_seconds = time.perf_counter() - t0
 
     @property
@@ -125,10 +130,30 @@ class Predictor:
         network that takes them (FocusNet: (B, K, nd) voxels of each window, -1 where none)."""
         nd = self.card.spatial_dims  # a 2D net gets (B, C, 1, y, x) windows: it runs per slice
         x = to_net(batch, nd)
+        if self.runtime == "openvino" and centers is None:
+            windows = self._openvino_windows()
+            if windows is not None and windows.fits(x):
+                return from_net(windows(x), nd)
         out = self.net(x) if centers is None else self.net(x, centers=centers)
         chans = [out.logits] + (self.heads.channels(out, tuple(x.shape[2:])) if self.heads.count else [])
         y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits
         return from_net(y, nd)
+
+    def _openvino_windows(self) -> OpenVinoWindows | None:
+        """OpenVINO for the card's windows, built once; a network it cannot take goes back to
+        PyTorch (said once in the progress messages)."""
+        if self._openvino is None:
+            patch = volume_patch(self.card.patch_size, self.card.spatial_dims)
+            window = (len(self.card.channels), *(patch if self.card.spatial_dims == 3 else patch[1:]))
+            try:
+                self._openvino = OpenVinoWindows(self.net, window, self.card.weights.sha256,
+                                                 log=lambda m: self.progress("infer", 0.0, m))
+            except Exception as exc:  # an op OpenVINO or the exporter lacks: PyTorch runs it
+                self.runtime = "torch"
+                self.progress("infer", 0.0, f"OpenVINO cannot run {self.card.name} ({type(exc).__name__}); "
+                                            "PyTorch runs it")
+                return None
+        return self._openvino
 
     def _split_extras(self, extra: np.ndarray) -> dict:
         out, i, h = {}, 0, self.heads

@@ -1,0 +1,80 @@
+"""What runs the windows: the rules of ``auto``, and OpenVINO against PyTorch where it is installed."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medseg_core.errors import InputError
+from medseg_core.inference import runtime
+from medseg_core.inference.runtime import OpenVinoWindows, cache_root, choose
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_auto_takes_openvino_only_on_a_cpu_without_bf16_for_plain_logits(monkeypatch):
+    monkeypatch.delenv("MEDSEG_RUNTIME", raising=False)
+    monkeypatch.setattr(runtime, "openvino_version", lambda: "2026.4.1")
+    assert choose("auto", CPU, amp=False, plain_logits=True) == "openvino"
+    assert choose("auto", CPU, amp=True, plain_logits=True) == "torch"  # native bf16 keeps PyTorch's bf16
+    assert choose("auto", CPU, amp=False, plain_logits=False) == "torch"  # heads or prompts
+    assert choose("auto", CUDA, amp=True, plain_logits=True) == "torch"
+    assert choose("torch", CPU, amp=False, plain_logits=True) == "torch"
+    monkeypatch.setenv("MEDSEG_RUNTIME", "torch")  # the environment decides for "auto" only
+    assert choose("auto", CPU, amp=False, plain_logits=True) == "torch"
+    assert choose("openvino", CPU, amp=False, plain_logits=True) == "openvino"
+    with pytest.raises(InputError, match="only for a CPU"):
+        choose("openvino", CUDA, amp=False, plain_logits=True)
+    with pytest.raises(InputError, match="unknown runtime"):
+        choose("tensorrt", CPU, amp=False, plain_logits=True)
+
+
+def test_without_openvino_auto_is_pytorch_and_asking_for_it_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv("MEDSEG_RUNTIME", raising=False)
+    monkeypatch.setattr(runtime, "openvino_version", lambda: None)
+    assert choose("auto", CPU, amp=False, plain_logits=True) == "torch"
+    with pytest.raises(InputError, match="OpenVINO is not installed"):
+        choose("openvino", CPU, amp=False, plain_logits=True)
+
+
+needs_openvino = pytest.mark.skipif(runtime.openvino_version() is None,
+                                    reason="OpenVINO is optional (pip install openvino onnx); PyTorch runs without it")
+
+
+@needs_openvino
+def test_openvino_windows_equal_pytorchs_and_the_export_is_made_once():
+    from medseg_core.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("unet", spatial_dims=3, features=[4, 8, 16], in_channels=1, out_channels=3).eval()
+    x = torch.randn(2, 1, 16, 32, 32)
+    said = []
+    ov = OpenVinoWindows(net, (1, 16, 32, 32), "ab" * 32, threads=1, log=said.append)
+    with torch.inference_mode():
+        ref = net(x).logits
+    out = ov(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-3), float((out - ref).abs().max())
+    assert ov.fits(x[:1]) and not ov.fits(torch.zeros(1, 1, 16, 32, 48))
+    assert len(said) == 1  # exported ...
+    OpenVinoWindows(net, (1, 16, 32, 32), "ab" * 32, threads=1, log=said.append)
+    assert len(said) == 1  # ... once: the second reads the cache
+    entries = [p.name for p in cache_root().iterdir()]
+    assert len(entries) == 1 and not entries[0].startswith(".tmp-")
+
+
+@needs_openvino
+def test_segment_with_openvino_writes_what_pytorch_writes(tmp_path):
+    from medseg_core.data.phantom import make_phantom
+    from medseg_core.segment import segment_files
+
+    ph = make_phantom(seed=5)
+    path = tmp_path / "ph.nii.gz"
+    sitk.WriteImage(ph.image, str(path))
+    out = {}
+    for rt in ("torch", "openvino"):
+        rep = segment_files([path], "phantom-unet", tmp_path / rt, device="cpu", runtime=rt, confidence=False)[0]
+        assert rep["runtime"] == rt
+        out[rt] = sitk.GetArrayFromImage(sitk.ReadImage(rep["outputs"]["labels"]))
+    assert out["torch"].any()
+    assert np.mean(out["torch"] == out["openvino"]) > 0.9999
