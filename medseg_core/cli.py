@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     f.add_argument("--name", help="name of the new model (default NAME-ft-<date-time>)")
     f.add_argument("--device", default="auto", choices=DEVICES)
+    f.add_argument("--force", action="store_true",
+                   help="fine-tune even on a correction that disagrees with the model almost everywhere")
     f.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     e = sub.add_parser("evaluate", help="Dice and HD95 of predictions against references")
@@ -185,7 +187,7 @@ def cmd_finetune(a) -> int:
     if len(a.image) != len(a.label):
         raise InputError(f"--image given {len(a.image)} times but --label {len(a.label)} times; give one label per image")
     request = FinetuneRequest(model=a.model, cases=list(zip(a.image, a.label)), steps=a.steps, lr=a.lr, name=a.name,
-                              device=a.device)
+                              device=a.device, force=a.force)
     res = run_finetune(request, progress=_reporter(a))
     _close(a)
     summary = (f"{res.package_dir}: Dice on the corrected case(s) {res.dice_before:.4f} -> {res.dice_after:.4f} "

@@ -275,3 +275,23 @@ def test_sigterm_leaves_no_package_and_no_temporary_folder(tmp_path):
     assert "interrupted" in err
     models = home / "models"
     assert not models.exists() or list(models.iterdir()) == []
+
+
+def test_a_correction_that_disagrees_almost_everywhere_is_refused_unless_forced(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDSEG_HOME", str(home))
+    ph = make_phantom(seed=3)  # full size: the phantom model's own (it misses organs on smaller ones)
+    sitk.WriteImage(ph.image, str(tmp_path / "i.nii.gz"))
+    lab = sitk.GetArrayFromImage(ph.label)
+    shifted = sitk.GetImageFromArray(np.roll(lab, (16, 20), axis=(1, 2)))  # the labels of a shifted image
+    shifted.CopyInformation(ph.label)
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    with pytest.raises(InputError, match=r"shifted\.nii\.gz: the correction disagrees with phantom-unet almost "
+                                         r"everywhere \(mean Dice 0\.\d\d over [2-5] organs.*--force"):
+        finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "shifted.nii.gz")], steps=1, device="cpu")
+    assert not (home / "models").exists() or not any((home / "models").iterdir())
+    # the true labels pass, and so does the shifted one when forced
+    res = finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "shifted.nii.gz")], steps=1, device="cpu", force=True)
+    assert res.dice_before < 0.25 and res.package_dir.is_dir()
+    sitk.WriteImage(ph.label, str(tmp_path / "true.nii.gz"))
+    assert finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "true.nii.gz")], steps=1, device="cpu").dice_before > 0.5

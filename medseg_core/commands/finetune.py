@@ -20,6 +20,7 @@ class FinetuneRequest:
         lr: peak learning rate (positive); ``None`` takes the recipe's.
         name: the new model's name; ``None`` takes ``MODEL-ft-<date-time>``.
         device: ``auto``, ``cpu``, ``cuda`` (or ``gpu``) or ``mps``.
+        force: fine-tune on a correction that disagrees with the model almost everywhere.
     """
 
     model: str
@@ -28,6 +29,7 @@ class FinetuneRequest:
     lr: float | None = None
     name: str | None = None
     device: str = "auto"
+    force: bool = False
 
     def __post_init__(self):
         self.model = checks.text("--model", self.model)
@@ -46,6 +48,7 @@ class FinetuneRequest:
                 raise InputError(f"--lr {self.lr}: the learning rate must be a positive number")
         self.name = None if self.name is None else checks.text("--name", self.name)
         self.device = checks.device("--device", self.device)
+        self.force = checks.flag("--force", self.force)
 
     @classmethod
     def from_dict(cls, args) -> FinetuneRequest:
@@ -58,7 +61,7 @@ def run_finetune(request: FinetuneRequest, progress: Callable | None = None):
     from ..training.finetune import finetune
 
     return finetune(request.model, request.cases, steps=request.steps, lr=request.lr, name=request.name,
-                    device=request.device, progress=progress)
+                    device=request.device, progress=progress, force=request.force)
 
 
 def finetune_outputs(result) -> dict:

@@ -22,9 +22,7 @@ card's size capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4 (3 warm-u
 encoder, bfloat16 autocast where the CPU computes it natively (and on CUDA). Over four corrected
 cases it gained 0.015-0.06 Dice on the case and cost 0.01-0.015 on eight held-out cases, except
 where the correction's style is atypical (a 39-voxel larynx cost that organ 0.39 on held-out
-cases): one case teaches its own style, which is the point, so fine-tune on typical corrections.
-Smaller patches (32 x 64 x 64, 16 x 32 x 32) fit the case worse and forget more: instance
-normalisation over a small patch sees statistics the parent never saw.
+cases). Smaller patches (32 x 64 x 64, 16 x 32 x 32) fit worse and forget more (instance norm).
 """
 
 from __future__ import annotations
@@ -64,6 +62,9 @@ DEFAULT_LR = 7e-4
 BATCH_SIZE = 2
 ERROR_FRACTION = 0.5
 """Share of patches centred on a voxel where the parent's prediction disagrees with the correction."""
+DISAGREE_DICE = 0.25
+"""Refused unless forced: a correction the parent matches under this mean Dice over two organs or
+more (most likely another image's, other labels, or shifted); one organ alone may be a miss."""
 
 
 @dataclass
@@ -101,7 +102,7 @@ class _Case:
 def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int | None = None,
              lr: float | None = None, name: str | None = None, device: str = "auto",
              progress: Callable[..., None] | None = None, train_all: bool = False, seed: int = 0,
-             patch_size: Sequence[int] | None = None) -> FinetuneResult:
+             patch_size: Sequence[int] | None = None, force: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` on corrected cases and save the result as a new user model.
 
     Args:
@@ -118,6 +119,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         seed: seeds the patch sampling, the augmentation and torch.
         patch_size: training patch (array order); default: the card's, capped at
             ``CPU_PATCH_3D`` (``CPU_PATCH_2D``) per axis on the CPU.
+        force: fine-tune on a correction that disagrees with the parent almost everywhere
+            (see ``DISAGREE_DICE``), which is refused otherwise.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -164,6 +167,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         report("evaluate", 0.0, "Dice of the parent model on the corrected case(s)")
         before_cases, parent_preds = _evaluate(pred, prepared, report)
         seconds["evaluate_before"] = time.perf_counter() - t
+        if not force:
+            _refuse_disagreeing(cases, before_cases, parent, len(prepared))
 
         t = time.perf_counter()
         recipe, amp = _train(pred, prepared, parent_preds, patch, steps, lr, train_all, seed, report, pkg.path)
@@ -251,6 +256,16 @@ def _evaluate(pred: Predictor, cases: list[_Case], report) -> tuple[list[dict[in
     pred.progress = lambda *a, **k: None
     report("evaluate", 1.0, "")
     return per_case, preds
+
+
+def _refuse_disagreeing(cases, per_case: list[dict[int, float]], parent: ModelCard, n: int) -> None:
+    """One clear error for the first correction the parent matches almost nowhere."""
+    for (_, lab_path), dice in zip(cases[:n], per_case):
+        mean = float(np.mean(list(dice.values()))) if dice else 1.0
+        if len(dice) >= 2 and mean < DISAGREE_DICE:
+            raise InputError(f"{lab_path}: the correction disagrees with {parent.name} almost everywhere (mean Dice "
+                             f"{mean:.2f} over {len(dice)} organs, under {DISAGREE_DICE}): is it this image's, with "
+                             f"the model's labels, not shifted? --force fine-tunes on it anyway")
 
 
 def _errors(case: _Case, predicted: np.ndarray, num_classes: int) -> torch.Tensor:
