@@ -157,6 +157,12 @@ def cmd_models(a) -> int:
             print(f"{m['name']:24s} {m['version']:8s} {m['modality']:4s} {len(m['labels']):2d} labels  {m['source']:7s}"
                   + (f"  validation Dice {dice:.3f}" if isinstance(dice, (int, float)) else "")
                   + (f"  (also: {', '.join(m['aliases'])})" if m["aliases"] else ""))
+            ft = m["finetune"]
+            if m["lineage"]:
+                print(f"{'':24s} from {' <- '.join(m['lineage'])}")
+            if ft and all(isinstance(ft.get(k), (int, float)) for k in ("dice_before", "dice_after")):
+                print(f"{'':24s} fine-tuned on {ft['cases']} case(s): their Dice {ft['dice_before']:.3f} -> "
+                      f"{ft['dice_after']:.3f}")
     return 0
 
 

@@ -152,6 +152,22 @@ def test_parent_is_untouched_and_the_card_records_the_lineage(tuned):
     assert sorted(p.name for p in (tuned["home"] / "models").iterdir()) == ["phantom-fixed"]
 
 
+def test_medseg_models_shows_the_lineage_and_the_corrections_dice(tuned, monkeypatch, capsys):
+    from medseg_core.cli import main
+    from medseg_core.commands import models_json
+
+    monkeypatch.setenv("MEDSEG_HOME", str(tuned["home"]))
+    parent = find_model(MODEL).card
+    (entry,) = [m for m in models_json() if m["name"] == "phantom-fixed"]
+    assert entry["lineage"] == [f"{MODEL} {parent.version}"]
+    assert entry["finetune"]["cases"] == 1 and entry["finetune"]["generations"] == 1
+    assert entry["finetune"]["dice_after"] == pytest.approx(tuned["res"].dice_after, abs=1e-4)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"from {MODEL} {parent.version}" in out
+    assert f"their Dice {tuned['res'].dice_before:.3f} -> {tuned['res'].dice_after:.3f}" in out
+
+
 def test_progress_goes_through_the_stages_in_order(tuned):
     stages = []
     for stage, *_ in tuned["events"]:
