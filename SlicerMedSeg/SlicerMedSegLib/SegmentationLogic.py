@@ -53,6 +53,7 @@ class Outcome:
     modelPath: Optional[str] = None
     diceBefore: Optional[float] = None
     diceAfter: Optional[float] = None
+    perLabel: dict = field(default_factory=dict)  # finetune: {organ: {"before", "after", "cases"}}
     models: list = field(default_factory=list)  # models: the ModelInfo list
     changes: list = field(default_factory=list)  # refine: per prompt, what changed (STEM_refine.json)
 
@@ -332,6 +333,7 @@ class SegmentationLogic:
             out = result.outputs if isinstance(result.outputs, dict) else {}
             outcome.model, outcome.modelPath = out.get("name"), out.get("model")
             outcome.diceBefore, outcome.diceAfter = out.get("dice_before"), out.get("dice_after")
+            outcome.perLabel = out.get("per_label") if isinstance(out.get("per_label"), dict) else {}
             self.models = []  # the list changed: the next listModels() reads it again
 
         return self._start("finetune", request, FINETUNE_STAGES, finalize, wait, on_event, on_finished,

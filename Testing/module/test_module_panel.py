@@ -101,6 +101,14 @@ def test_panel_endings_of_runs():
     new = Panel.finetuneEnding(Outcome(cancelled=False, ok=True, error="", model="m-ft", modelPath="/m",
                                        diceBefore=0.81234, diceAfter=0.9))
     assert new.selectModel == "m-ft" and "0.812 before, 0.900 after" in new.status and "/m" in new.log[0]
+    per = {"Liver": {"before": 0.97, "after": 0.971, "cases": 1}, "Tumour": {"before": 0.62, "after": 0.81},
+           "SpinalCord": {"before": 0.9, "after": 0.85}, "RightGland": {"before": None, "after": None}}
+    organs = Panel.finetuneEnding(Outcome(cancelled=False, ok=True, error="", model="m", modelPath="/m",
+                                          diceBefore=0.8, diceAfter=0.85, perLabel=per)).log[1]
+    assert organs == "Per organ on the correction: Tumour 0.620 -> 0.810; SpinalCord 0.900 -> 0.850 (1 unchanged)."
+    same = Panel.organChanges({"Liver": {"before": 0.9, "after": 0.9}})
+    assert same == "Per organ on the correction: no organ changed."
+    assert Panel.organChanges({}) == ""
     assert Panel.finetuneEnding(Outcome(cancelled=True, ok=False, error="")).selectModel is None
     assert "failed" in Panel.finetuneEnding(Outcome(cancelled=False, ok=False, error="e")).errorDialog
 

@@ -67,4 +67,5 @@ def run_finetune(request: FinetuneRequest, progress: Callable | None = None):
 def finetune_outputs(result) -> dict:
     """The ``result`` event's outputs of a fine-tuning run (the same from both faces)."""
     return {"model": str(result.package_dir), "name": result.package_dir.name, "dice_before": result.dice_before,
-            "dice_after": result.dice_after, "steps": result.steps, "seconds": result.seconds}
+            "dice_after": result.dice_after, "steps": result.steps, "seconds": result.seconds,
+            "per_label": result.per_label}
