@@ -306,8 +306,13 @@ def test_a_correction_that_disagrees_almost_everywhere_is_refused_unless_forced(
                                          r"everywhere \(mean Dice 0\.\d\d over [2-5] organs.*--force"):
         finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "shifted.nii.gz")], steps=1, device="cpu")
     assert not (home / "models").exists() or not any((home / "models").iterdir())
-    # the true labels pass, and so does the shifted one when forced
+    # forced, it trains; a correction that agrees, or one organ alone (perhaps a miss), is never refused
     res = finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "shifted.nii.gz")], steps=1, device="cpu", force=True)
     assert res.dice_before < 0.25 and res.package_dir.is_dir()
-    sitk.WriteImage(ph.label, str(tmp_path / "true.nii.gz"))
-    assert finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "true.nii.gz")], steps=1, device="cpu").dice_before > 0.5
+    from medseg_core.training.finetune import _refuse_disagreeing
+
+    card = find_model(MODEL).card
+    _refuse_disagreeing([("i", "ok")], [{1: 0.9, 2: 0.2, 3: 0.1}], card, 1)
+    _refuse_disagreeing([("i", "one")], [{3: 0.0}], card, 1)
+    with pytest.raises(InputError, match="^two: .*mean Dice 0.10 over 2 organs"):
+        _refuse_disagreeing([("i", "one"), ("i", "two")], [{3: 0.0}, {1: 0.1, 2: 0.1}], card, 2)
