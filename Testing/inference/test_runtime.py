@@ -78,3 +78,26 @@ def test_segment_with_openvino_writes_what_pytorch_writes(tmp_path):
         out[rt] = sitk.GetArrayFromImage(sitk.ReadImage(rep["outputs"]["labels"]))
     assert out["torch"].any()
     assert np.mean(out["torch"] == out["openvino"]) > 0.9999
+
+
+@needs_openvino
+def test_finetune_measures_its_new_weights_not_an_export_of_the_parents(tmp_path, monkeypatch):
+    # finetune trains the predictor's network in place: an OpenVINO copy made from the parent's
+    # weights before training would score the parent again after it
+    from medseg_core.data.phantom import make_phantom
+    from medseg_core.training.finetune import finetune
+
+    monkeypatch.delenv("MEDSEG_RUNTIME", raising=False)  # "auto": OpenVINO where it would help
+    from medseg_core.inference import predictor
+
+    # what auto picks on a CPU without bf16, wherever the test runs; an explicit "torch" is kept
+    monkeypatch.setattr(predictor, "choose", lambda rt, *a, **k: "torch" if rt == "torch" else "openvino")
+    ph = make_phantom(seed=3)
+    sitk.WriteImage(ph.image, str(tmp_path / "i.nii.gz"))
+    lab = sitk.GetArrayFromImage(ph.label)
+    lab[lab == 3] = 1  # the tumour painted over as liver: a large correction
+    edited = sitk.GetImageFromArray(lab)
+    edited.CopyInformation(ph.label)
+    sitk.WriteImage(edited, str(tmp_path / "l.nii.gz"))
+    res = finetune("phantom-unet", [(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")], steps=4, lr=5e-3, device="cpu")
+    assert res.dice_after != res.dice_before
