@@ -61,6 +61,11 @@ def test_openvino_windows_equal_pytorchs_and_the_export_is_made_once():
     assert len(said) == 1  # ... once: the second reads the cache
     entries = [p.name for p in cache_root().iterdir()]
     assert len(entries) == 1 and not entries[0].startswith(".tmp-")
+    # the cache keeps the most recently used exports only
+    for i in range(runtime.KEEP_EXPORTS + 1):
+        OpenVinoWindows(net, (1, 16, 32, 32), f"{i:02d}" * 32, threads=1)
+    kept = sorted(p.name[:2] for p in cache_root().iterdir())
+    assert len(kept) == runtime.KEEP_EXPORTS and "ab" not in kept and "00" not in kept
 
 
 @needs_openvino

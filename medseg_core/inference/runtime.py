@@ -28,6 +28,9 @@ import torch
 from ..errors import InputError
 
 RUNTIMES = ("auto", "torch", "openvino")
+KEEP_EXPORTS = 8
+"""Exported networks kept in the cache (the most recently used; one is about 23 MB for the default
+model), so fine-tuned generations do not fill the disk."""
 
 
 def openvino_version() -> str | None:
@@ -62,6 +65,14 @@ def choose(runtime: str, device: torch.device, amp: bool, plain_logits: bool) ->
             raise InputError("--runtime openvino: only for a CPU and a network without heads or prompts")
         return "openvino"
     return "openvino" if fits and not amp and openvino_version() is not None else "torch"
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used exports under ``root``."""
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class LogitsOnly(torch.nn.Module):
@@ -105,6 +116,7 @@ class OpenVinoWindows:
         folder = cache_root() / f"{key[:24]}-{len(self.window) - 1}d-ov{openvino_version()}"
         xml = folder / "net.xml"
         if xml.is_file():
+            os.utime(folder)  # recently used: kept by the pruning below
             return xml
         log("exporting the network for OpenVINO (once per model; later runs read it from the cache)")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +138,7 @@ class OpenVinoWindows:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _prune(folder.parent, KEEP_EXPORTS)
         return xml
 
     def fits(self, x: torch.Tensor) -> bool:
