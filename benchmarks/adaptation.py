@@ -72,8 +72,10 @@ def styled_labels(label: np.ndarray, style: str, values: dict[str, int], referen
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    s = int(a.sum()) + int(b.sum())
-    return None if int(b.sum()) == 0 else 2.0 * int((a & b).sum()) / s
+    """The project's Dice (``metrics.dice``), None where the reference holds no voxel."""
+    from medseg_core.metrics import dice as dice_
+
+    return None if not b.any() else float(dice_(a, b))
 
 
 def score(pred: np.ndarray, original: np.ndarray, styled: np.ndarray, style: str, values: dict[str, int]) -> dict:
@@ -126,12 +128,14 @@ def main() -> int:
     images = {c: read_channels(str(DATA / "imagesTr" / f"{c}_0000.nii.gz"), 1) for c in fit_cases + new_cases}
     refs = {c: sitk.ReadImage(str(DATA / "labelsTr" / f"{c}.nii.gz")) for c in fit_cases + new_cases}
     cache: dict[tuple, np.ndarray] = {}
+    predictors: dict[str, Predictor] = {}  # one load per model
 
     def predict(model_dir: str, case: str) -> np.ndarray:
         key = (model_dir, case)
         if key not in cache:
-            pkg = find_model(model_dir)
-            result = Predictor(pkg, device="cpu").predict(images[case], confidence=False)
+            if model_dir not in predictors:
+                predictors[model_dir] = Predictor(find_model(model_dir), device="cpu")
+            result = predictors[model_dir].predict(images[case], confidence=False)
             cache[key] = sitk.GetArrayFromImage(result.labels)
         return cache[key]
 

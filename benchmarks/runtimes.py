@@ -31,15 +31,6 @@ from inference import DATA  # noqa: E402
 CASE = DATA / "HNOAR" / "imagesTr" / "hn_201_0000.nii.gz"
 
 
-class Logits(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x).logits
-
-
 def window(pred, batch: int) -> torch.Tensor:
     from medseg_core.io import read_image
 
@@ -63,12 +54,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from medseg_core.inference.predictor import Predictor
+    from medseg_core.inference.runtime import LogitsOnly, export_onnx
     from medseg_core.models import find_model
 
     feats = cpu_features()
     print(f"CPU: {feats['cpu']}; AVX512-BF16 {feats['avx512_bf16']}, AMX {feats['amx_bf16']}; {args.threads} threads")
     pred = Predictor(find_model("hn-oar-unet"), device="cpu")
-    model = Logits(pred.net.float().eval())
+    model = LogitsOnly(pred.net.float().eval())
     x = window(pred, args.batch)
     with torch.inference_mode():
         ref = model(x).numpy()
@@ -98,8 +90,7 @@ def main(argv=None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "net.onnx"
-            torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], dynamo=False,
-                              opset_version=17)
+            export_onnx(pred.net, tuple(x.shape[1:]), path)
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .commands.checks import DEVICES
+from .commands.checks import DEVICES, RUNTIMES
 from .errors import EXIT_CANCELLED, EXIT_INPUT, InputError, MedSegError
 
 
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--confidence-threshold", type=float, default=0.5,
                    help="confidence under which voxels join the 'Low confidence' segment (default 0.5)")
     s.add_argument("--roi", metavar="x0,y0,z0,x1,y1,z1", help="segment only inside this box (LPS mm)")
-    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+    s.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the network: auto (OpenVINO on a CPU without native bf16 when it is "
                         "installed, else PyTorch), torch or openvino")
     s.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)

@@ -59,6 +59,9 @@ def test_openvino_windows_equal_pytorchs_and_the_export_is_made_once():
     assert len(said) == 1  # exported ...
     OpenVinoWindows(net, (1, 16, 32, 32), "ab" * 32, threads=1, log=said.append)
     assert len(said) == 1  # ... once: the second reads the cache
+    with torch.no_grad():  # the network trained in place: the copy no longer stands for it
+        next(net.parameters()).add_(0.1)
+    assert not ov.fits(x[:1])
     entries = [p.name for p in cache_root().iterdir()]
     assert len(entries) == 1 and not entries[0].startswith(".tmp-")
     # the cache keeps the most recently used exports only
@@ -106,3 +109,9 @@ def test_finetune_measures_its_new_weights_not_an_export_of_the_parents(tmp_path
     sitk.WriteImage(edited, str(tmp_path / "l.nii.gz"))
     res = finetune("phantom-unet", [(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")], steps=4, lr=5e-3, device="cpu")
     assert res.dice_after != res.dice_before
+
+
+def test_the_cli_and_the_engine_know_the_same_runtimes():
+    from medseg_core.commands import checks
+
+    assert checks.RUNTIMES == runtime.RUNTIMES

@@ -312,7 +312,7 @@ def test_a_correction_that_disagrees_almost_everywhere_is_refused_unless_forced(
     from medseg_core.training.finetune import _refuse_disagreeing
 
     card = find_model(MODEL).card
-    _refuse_disagreeing([("i", "ok")], [{1: 0.9, 2: 0.2, 3: 0.1}], card, 1)
-    _refuse_disagreeing([("i", "one")], [{3: 0.0}], card, 1)
+    _refuse_disagreeing([("i", "ok")], [{1: 0.9, 2: 0.2, 3: 0.1}], card)
+    _refuse_disagreeing([("i", "one")], [{3: 0.0}], card)
     with pytest.raises(InputError, match="^two: .*mean Dice 0.10 over 2 organs"):
-        _refuse_disagreeing([("i", "one"), ("i", "two")], [{3: 0.0}, {1: 0.1, 2: 0.1}], card, 2)
+        _refuse_disagreeing([("i", "one"), ("i", "two")], [{3: 0.0}, {1: 0.1, 2: 0.1}], card)

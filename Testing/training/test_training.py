@@ -107,3 +107,14 @@ def test_init_from_starts_at_the_parents_weights_and_records_it(phantom_dataset,
                         network={"name": "unet", "kwargs": {"spatial_dims": 3, "features": [8, 16, 64]}})
     with pytest.raises(ModelError, match="init_from weights do not fit"):
         train(other, tmp_path / "c", data_dir=phantom_dataset, **quiet)
+
+
+def test_a_config_with_an_unknown_augmentation_option_is_one_error_naming_the_file(tmp_path):
+    from medseg_core.errors import InputError
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"network": {"name": "unet"}, "augment_kwargs": {"affine_p": 0.3, "rotate": 10}}))
+    with pytest.raises(InputError, match=r"c\.json: unknown augment_kwargs keys: rotate \(known: .*rotate_deg"):
+        TrainConfig.read(path)
+    path.write_text(json.dumps({"network": {"name": "unet"}, "augment_kwargs": {"affine_p": 0.3, "blur_p": 0.2}}))
+    assert TrainConfig.read(path).augment_kwargs == {"affine_p": 0.3, "blur_p": 0.2}

@@ -1,8 +1,8 @@
 """Where a network's windows run: PyTorch, or OpenVINO on CPUs without native bf16.
 
 On a CPU without native bf16 (AVX2 only: many clinicians' workstations) OpenVINO ran the default
-network's 64 x 96 x 128 window 1.8x faster than PyTorch in float32, with the same argmax on
-99.999 % of voxels (``benchmarks/runtimes.py``, docs/results.md). It is optional
+network's 64 x 96 x 128 window 1.5x faster than PyTorch in float32 (1.8x under load), with the
+same argmax on 99.999 % of voxels (``benchmarks/runtimes.py``, docs/results.md). It is optional
 (``pip install openvino``): ``auto`` takes it where it helps and it is installed, ``torch`` never,
 ``openvino`` insists. OpenVINO runs float32 (its precision hint is pinned so a CPU with bf16 gives
 the same result), only windows of the card's own patch size, and only networks whose windows give
@@ -27,7 +27,7 @@ import torch
 
 from ..errors import InputError
 
-RUNTIMES = ("auto", "torch", "openvino")
+RUNTIMES = ("auto", "torch", "openvino")  # the CLI's and the requests' list: commands.checks.RUNTIMES
 KEEP_EXPORTS = 8
 """Exported networks kept in the cache (the most recently used; one is about 23 MB for the default
 model), so fine-tuned generations do not fill the disk."""
@@ -86,8 +86,27 @@ class LogitsOnly(torch.nn.Module):
         return self.net(x).logits
 
 
+def export_onnx(net: torch.nn.Module, window: tuple[int, ...], path: Path) -> None:
+    """``net``'s class logits as ONNX (opset 17), batch and spatial sizes left free; ``window`` is
+    ``(C, *spatial)`` of the example traced."""
+    example = torch.zeros((1, *window))
+    free = {0: "batch", **{2 + i: f"s{i}" for i in range(len(window) - 1)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LogitsOnly(net).eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": free}, opset_version=17, dynamo=False)
+
+
+def _weights_stamp(net: torch.nn.Module) -> tuple[int, ...]:
+    """Changes whenever a parameter or buffer of ``net`` is written in place (an optimiser step,
+    ``load_state_dict``, ``copy_``): torch counts every in-place write of a tensor."""
+    return tuple(t._version for t in (*net.parameters(), *net.buffers()))
+
+
 class OpenVinoWindows:
-    """A network's class logits for windows of one shape, computed by OpenVINO in float32.
+    """A network's class logits for windows of one shape, computed by OpenVINO in float32. The copy
+    holds the weights it was exported with: once the network's own weights change (a fine-tune
+    trains it in place), :meth:`fits` is False for good and PyTorch runs the windows.
 
     Args:
         net: the network (eval mode, float32, on the CPU).
@@ -102,6 +121,7 @@ class OpenVinoWindows:
         import openvino as ov
 
         self.window = tuple(int(s) for s in window)
+        self.net, self.stamp = net, _weights_stamp(net)
         xml = self._exported(net, key, log or (lambda m: None))
         core = ov.Core()
         model = core.read_model(str(xml))
@@ -122,13 +142,7 @@ class OpenVinoWindows:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
         try:
-            example = torch.zeros((1, *self.window))
-            spatial = {0: "batch", **{2 + i: f"s{i}" for i in range(len(self.window) - 1)}}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(LogitsOnly(net).eval(), (example,), str(tmp / "net.onnx"), input_names=["x"],
-                                  output_names=["logits"], dynamic_axes={"x": spatial}, opset_version=17,
-                                  dynamo=False)
+            export_onnx(net, self.window, tmp / "net.onnx")
             ov.save_model(ov.Core().read_model(str(tmp / "net.onnx")), str(tmp / "net.xml"), compress_to_fp16=False)
             (tmp / "net.onnx").unlink()
             try:
@@ -142,7 +156,9 @@ class OpenVinoWindows:
         return xml
 
     def fits(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and tuple(x.shape[1:]) == self.window
+        """Whether ``x`` is a CPU batch of this copy's windows and the network still has the
+        weights the copy was made from."""
+        return x.device.type == "cpu" and tuple(x.shape[1:]) == self.window and _weights_stamp(self.net) == self.stamp
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) windows -> (B, N, *spatial) float32 logits, one window at a time."""

@@ -8,6 +8,17 @@ from pathlib import Path
 from ..errors import InputError, read_json
 
 
+def augment_options() -> list[str]:
+    """What ``augment_kwargs`` may set: :class:`~medseg_core.data.augment.Augmenter`'s options, less
+    those the trainer sets itself (the mirroring from the config, the spacing, the seed)."""
+    import inspect
+
+    from ..data.augment import Augmenter
+
+    own = {"self", "mirror_axes", "swap", "spacing", "seed"}
+    return [p for p in inspect.signature(Augmenter.__init__).parameters if p not in own]
+
+
 @dataclass
 class TrainConfig:
     name: str = "model"
@@ -49,6 +60,13 @@ class TrainConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"{path}: unknown config keys: {', '.join(sorted(unknown))}")
+        aug = data.get("augment_kwargs", {})
+        if not isinstance(aug, dict):
+            raise InputError(f"{path}: augment_kwargs must be an object, got {aug!r}")
+        unknown = set(aug) - set(augment_options())
+        if unknown:
+            raise InputError(f"{path}: unknown augment_kwargs keys: {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(augment_options())})")
         return cls(**data)
 
     def to_dict(self) -> dict:

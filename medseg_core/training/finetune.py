@@ -154,7 +154,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         parent = pkg.card
         name = _check_name(name) if name else _default_name(parent.name, stamp)
         dest = user_models_dir() / name
-        pred = Predictor(pkg, device=device, runtime="torch")  # it trains pred.net in place
+        pred = Predictor(pkg, device=device)
         patch = _patch(parent, patch_size, pred.device)
         seconds["load"] = time.perf_counter() - t_start
         report("load", 1.0, f"{parent.name} {parent.version} on {pred.device}")
@@ -168,7 +168,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         before_cases, parent_preds = _evaluate(pred, prepared, report)
         seconds["evaluate_before"] = time.perf_counter() - t
         if not force:
-            _refuse_disagreeing(cases, before_cases, parent, len(prepared))
+            _refuse_disagreeing(cases, before_cases, parent)
 
         t = time.perf_counter()
         recipe, amp = _train(pred, prepared, parent_preds, patch, steps, lr, train_all, seed, report, pkg.path)
@@ -258,11 +258,11 @@ def _evaluate(pred: Predictor, cases: list[_Case], report) -> tuple[list[dict[in
     return per_case, preds
 
 
-def _refuse_disagreeing(cases, per_case: list[dict[int, float]], parent: ModelCard, n: int) -> None:
+def _refuse_disagreeing(cases, per_case: list[dict[int, float]], parent: ModelCard) -> None:
     """One clear error for the first correction the parent matches almost nowhere."""
-    for (_, lab_path), dice in zip(cases[:n], per_case):
-        mean = float(np.mean(list(dice.values()))) if dice else 1.0
-        if len(dice) >= 2 and mean < DISAGREE_DICE:
+    for (_, lab_path), dice in zip(cases, per_case):
+        mean = float(np.mean(list(dice.values()))) if len(dice) >= 2 else 1.0
+        if mean < DISAGREE_DICE:
             raise InputError(f"{lab_path}: the correction disagrees with {parent.name} almost everywhere (mean Dice "
                              f"{mean:.2f} over {len(dice)} organs, under {DISAGREE_DICE}): is it this image's, with "
                              f"the model's labels, not shifted? --force fine-tunes on it anyway")
