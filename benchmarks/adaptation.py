@@ -5,7 +5,10 @@ Clinic styles are simulated on the HNOAR reference contours, each on its own org
 
 - ``margin``: the parotids drawn one voxel wider in-plane (a margin);
 - ``cut``: the spinal cord cut at a fixed level, its top 20 mm left out;
-- ``merge``: the larynx drawn to include the oesophagus below it (a structure with its neighbour).
+- ``merge``: the brainstem drawn to include the spinal cord's top 15 mm (a structure with its
+  neighbour; the cord, which loses that part, is then scored with neither group);
+- ``tiny``: the larynx's most superior slice left out (a few dozen voxels: a correction that
+  should cost nothing elsewhere).
 
 For a style, the corrections are what a clinician would send back: the default model's result on
 a case with only the styled organs redrawn in the style (the other organs left as the model drew
@@ -18,10 +21,10 @@ after K = 3; the other organs lose at most 0.003). ``--chain N`` also fine-tunes
 model again on the next case, N generations, and reports the organs never corrected.
 
 All runs use a temporary ``MEDSEG_HOME``. Needs ``../shared/data/HNOAR``; exits 0 with a message
-when it is absent. One style with ``--k 1,3 --new 4`` takes about 8 minutes on 2 cores; all three
-styles with K = 1, 3, 5, six new cases and a chain of five, about 45 minutes.
+when it is absent. One style with ``--k 1 --new 4`` takes about 5 minutes on 2 cores; the four
+styles with K = 1, 3, 5 and six new cases about 50 minutes, a chain of five 15 minutes a style.
 
-    python benchmarks/adaptation.py [--styles margin,cut,merge] [--k 1,3,5] [--new 6] [--chain 0]
+    python benchmarks/adaptation.py [--styles margin,cut,merge,tiny] [--k 1,3,5] [--new 6] [--chain 0]
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "HNOAR"
 MODEL = "hn-oar-unet"
-STYLED = {"margin": ["RightParotid", "LeftParotid"], "cut": ["SpinalCord"], "merge": ["Larynx"]}
+STYLED = {"margin": ["RightParotid", "LeftParotid"], "cut": ["SpinalCord"], "merge": ["Brainstem"], "tiny": ["Larynx"]}
+NOT_SCORED = {"merge": ["SpinalCord"]}
+"""Organs a style changes besides its styled ones: neither styled nor left alone."""
 
 
 def styled_labels(label: np.ndarray, style: str, values: dict[str, int], reference) -> np.ndarray:
@@ -55,17 +60,22 @@ def styled_labels(label: np.ndarray, style: str, values: dict[str, int], referen
             v = values[name]
             grown = ndimage.binary_dilation(label == v, struct) & (out == 0)
             out[grown] = v
-    elif style == "cut":
+    elif style in ("cut", "merge"):
         v = values["SpinalCord"]
         zs = np.nonzero((label == v).any(axis=(1, 2)))[0]
         if zs.size:
             # which end of the slice axis is superior (LPS: +z), from the image's direction
             up = np.reshape(reference.GetDirection(), (3, 3))[2, 2] > 0
-            n = int(round(20.0 / reference.GetSpacing()[2]))
+            n = int(round((20.0 if style == "cut" else 15.0) / reference.GetSpacing()[2]))
             region = out[zs.max() - n + 1:zs.max() + 1] if up else out[zs.min():zs.min() + n]
-            region[region == v] = 0
-    elif style == "merge":
-        out[label == values["Esophagus"]] = values["Larynx"]
+            region[region == v] = 0 if style == "cut" else values["Brainstem"]
+    elif style == "tiny":
+        v = values["Larynx"]
+        zs = np.nonzero((label == v).any(axis=(1, 2)))[0]
+        if zs.size:
+            up = np.reshape(reference.GetDirection(), (3, 3))[2, 2] > 0
+            top = out[zs.max()] if up else out[zs.min()]
+            top[top == v] = 0
     else:
         raise ValueError(style)
     return out
@@ -86,7 +96,7 @@ def score(pred: np.ndarray, original: np.ndarray, styled: np.ndarray, style: str
         if name in STYLED[style]:
             out[name + " (styled)"] = dice(pred == v, styled == v)
             out[name + " (unstyled)"] = dice(pred == v, original == v)
-        elif not (style == "merge" and name == "Esophagus"):  # merged into the larynx in this style
+        elif name not in NOT_SCORED.get(style, []):
             out[name] = dice(pred == v, original == v)
     return out
 
@@ -98,12 +108,14 @@ def mean_over(rows: list[dict], keys) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--styles", default="margin,cut,merge")
+    ap.add_argument("--styles", default="margin,cut,merge,tiny")
     ap.add_argument("--k", default="1,3,5")
     ap.add_argument("--new", type=int, default=6, help="new validation cases scored")
     ap.add_argument("--chain", type=int, default=0, help="generations of fine-tunes on one case each")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--finetune-args", default="{}",
+                    help="JSON of finetune() keyword arguments, e.g. '{\"distill\": 0}'")
     a = ap.parse_args()
     if not (DATA / "splits.json").is_file():
         print(f"skipped: {DATA} is absent")
@@ -114,12 +126,14 @@ def main() -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     home = Path(tempfile.mkdtemp(prefix="medseg-adapt-"))
     os.environ["MEDSEG_HOME"] = str(home)
+    from medseg_core.inference.postprocess import keep_largest_components
     from medseg_core.inference.predictor import Predictor
     from medseg_core.io import read_channels
     from medseg_core.models import find_model
     from medseg_core.training.finetune import finetune
 
     ks = [int(k) for k in a.k.split(",")]
+    extra = json.loads(a.finetune_args)
     val = json.loads((DATA / "splits.json").read_text())["validation"]
     n_fit = max(ks + [a.chain])
     fit_cases, new_cases = val[:n_fit], val[n_fit:n_fit + a.new]
@@ -136,7 +150,8 @@ def main() -> int:
             if model_dir not in predictors:
                 predictors[model_dir] = Predictor(find_model(model_dir), device="cpu")
             result = predictors[model_dir].predict(images[case], confidence=False)
-            cache[key] = sitk.GetArrayFromImage(result.labels)
+            shown = keep_largest_components(result.labels, parent_pkg.card.inference.largest_component)
+            cache[key] = sitk.GetArrayFromImage(shown)  # as `medseg segment` writes it
         return cache[key]
 
     results = {"model": MODEL, "fit_cases": fit_cases, "new_cases": new_cases, "styles": {}}
@@ -147,25 +162,30 @@ def main() -> int:
             styled = {c: styled_labels(sitk.GetArrayFromImage(refs[c]), style, values, refs[c])
                       for c in fit_cases + new_cases}
             originals = {c: sitk.GetArrayFromImage(refs[c]) for c in fit_cases + new_cases}
-            paths = {}
-            for c in fit_cases:  # the model's result, the styled organs redrawn
-                corr = predict(MODEL, c).copy()
+
+            def correction(model_dir: str, c: str, tag: str) -> Path:
+                """``model_dir``'s result on case ``c``, the styled organs redrawn: what a clinician sends back."""
+                corr = predict(model_dir, c).copy()
                 for name in STYLED[style]:
                     v = values[name]
                     corr[corr == v] = 0
                     corr[styled[c] == v] = v
                 img = sitk.GetImageFromArray(corr.astype(np.uint8))
                 img.CopyInformation(refs[c])
-                paths[c] = work / f"{style}_{c}.nii.gz"
-                sitk.WriteImage(img, str(paths[c]))
+                path = work / f"{style}_{tag}_{c}.nii.gz"
+                sitk.WriteImage(img, str(path))
+                return path
+
+            paths = {c: correction(MODEL, c, "parent") for c in fit_cases}
             styled_keys = [n + " (styled)" for n in STYLED[style]]
-            other_keys = [n for n in values if n not in STYLED[style] and not (style == "merge" and n == "Esophagus")]
+            other_keys = [n for n in values if n not in STYLED[style] + NOT_SCORED.get(style, [])]
 
             def evaluate(model_dir: str) -> dict:
                 rows = [score(predict(model_dir, c), originals[c], styled[c], style, values) for c in new_cases]
                 return {"styled": mean_over(rows, styled_keys),
                         "unstyled": mean_over(rows, [n + " (unstyled)" for n in STYLED[style]]),
-                        "others": mean_over(rows, other_keys)}
+                        "others": mean_over(rows, other_keys),
+                        "per_organ": {key: mean_over(rows, [key]) for key in rows[0]}}
 
             base = evaluate(MODEL)
             gap = base["unstyled"] - base["styled"]
@@ -175,7 +195,7 @@ def main() -> int:
             for k in ks:
                 t = time.perf_counter()
                 res = finetune(MODEL, [(DATA / "imagesTr" / f"{c}_0000.nii.gz", paths[c]) for c in fit_cases[:k]],
-                               steps=a.steps, name=f"{style}-k{k}", device="cpu")
+                               steps=a.steps, name=f"{style}-k{k}", device="cpu", **extra)
                 seconds = time.perf_counter() - t
                 ev = evaluate(str(res.package_dir))
                 closed = (ev["styled"] - base["styled"]) / gap if gap > 0 else float("nan")
@@ -184,10 +204,13 @@ def main() -> int:
                 print(f"  K={k}: styled {ev['styled']:.4f} (closed {100 * closed:.0f} % of the gap), others "
                       f"{ev['others']:.4f} ({ev['others'] - base['others']:+.4f}), {seconds:.0f} s "
                       f"({seconds / k:.0f} s a case)", flush=True)
+                print("    per organ, change: " + ", ".join(
+                    f"{n} {v - base['per_organ'][n]:+.3f}" for n, v in ev["per_organ"].items()), flush=True)
             parent = MODEL
             for g in range(a.chain):
-                res = finetune(parent, [(DATA / "imagesTr" / f"{fit_cases[g]}_0000.nii.gz", paths[fit_cases[g]])],
-                               steps=a.steps, name=f"{style}-gen{g + 1}", device="cpu")
+                fix = correction(parent, fit_cases[g], f"gen{g + 1}")  # on what this generation drew
+                res = finetune(parent, [(DATA / "imagesTr" / f"{fit_cases[g]}_0000.nii.gz", fix)],
+                               steps=a.steps, name=f"{style}-gen{g + 1}", device="cpu", **extra)
                 parent = str(res.package_dir)
                 ev = evaluate(parent)
                 entry["chain"].append(ev)

@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--image", action="append", required=True, help="an image; repeat with --label per case")
     f.add_argument("--label", action="append", required=True,
                    help="its corrected labelmap or .seg.nrrd (segments matched to the model's labels by name)")
-    f.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    f.add_argument("--steps", type=int, default=None, help="training steps (default: 8 to 30, from the correction's size)")
     f.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     f.add_argument("--name", help="name of the new model (default NAME-ft-<date-time>)")
     f.add_argument("--device", default="auto", choices=DEVICES)

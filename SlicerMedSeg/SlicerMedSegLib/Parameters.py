@@ -54,14 +54,14 @@ class FinetuneParameters:
 
     Attributes:
         model: the parent model (never modified).
-        steps: training steps; 0 takes the recipe's default.
+        steps: training steps; 0 (the default) lets the engine size them from the correction.
         name: the new model's name; empty takes ``MODEL-ft-<date-time>``.
         device: ``auto``, ``gpu`` or ``cpu``.
         lr: learning rate; ``None`` takes the recipe's.
     """
 
     model: str = ""
-    steps: int = 40
+    steps: int = 0
     name: str = ""
     device: str = "auto"
     lr: Optional[float] = field(default=None, metadata={"saved": False})

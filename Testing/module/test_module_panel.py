@@ -82,7 +82,7 @@ def test_panel_parameters_and_fine_tune_defaults():
     ft = Panel.finetuneParameters("phantom-unet", "hn-oar", 40, "  clinic-a ", 0)
     assert (ft.model, ft.steps, ft.name, ft.device) == ("phantom-unet", 40, "clinic-a", "auto")
     assert Panel.finetuneParameters(None, "hn-oar", 0, "", 1).model == "hn-oar"
-    assert FinetuneParameters().steps == 40  # the panel's default step count
+    assert FinetuneParameters().steps == 0  # by default the engine sizes the steps from the correction
 
 
 def test_panel_endings_of_runs():

@@ -316,3 +316,49 @@ def test_a_correction_that_disagrees_almost_everywhere_is_refused_unless_forced(
     _refuse_disagreeing([("i", "one")], [{3: 0.0}], card)
     with pytest.raises(InputError, match="^two: .*mean Dice 0.10 over 2 organs"):
         _refuse_disagreeing([("i", "one"), ("i", "two")], [{3: 0.0}, {1: 0.1, 2: 0.1}], card)
+
+
+def test_organs_the_user_left_alone_are_trained_as_the_parent_drew_them(tmp_path, monkeypatch):
+    """The correction is the parent's own result (as ``medseg segment`` writes it) with the Tumour
+    grown into the liver: the Tumour and the Liver (which lost those voxels) count as edited, the
+    other organs as accepted, and training fits the parent's model-grid labels for those (not the
+    correction's resampled copy of them)."""
+    from medseg_core.data.sampling import PatchSampler
+    from medseg_core.inference.postprocess import keep_largest_components
+    from medseg_core.inference.predictor import Predictor
+    from medseg_core.training import finetune as ft
+
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
+    ph = make_phantom(seed=5, spacing=(1.3, 1.1, 2.2))  # a grid unlike the model's: resampling both ways
+    sitk.WriteImage(ph.image, str(tmp_path / "i.nii.gz"))
+    pred = Predictor(find_model(MODEL), device="cpu")
+    shown = keep_largest_components(pred.predict([ph.image], confidence=False).labels,
+                                    pred.card.inference.largest_component)
+    corr = sitk.GetArrayFromImage(shown)
+    corr[_dilate(_dilate(corr == TUMOUR)) & (corr == 1)] = TUMOUR
+    out = sitk.GetImageFromArray(corr)
+    out.CopyInformation(ph.image)
+    sitk.WriteImage(out, str(tmp_path / "c.nii.gz"))
+    seen = {}
+
+    class Spy(PatchSampler):
+        def __init__(self, images, labels, *args, **kw):
+            seen["labels"], seen["focus"] = [lab.clone() for lab in labels], kw["focus"]
+            super().__init__(images, labels, *args, **kw)
+
+    monkeypatch.setattr(ft, "PatchSampler", Spy)
+    res = finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=2, device="cpu")
+    record = load_package(res.package_dir).card.training["finetune"]
+    assert record["cases"][0]["labels_edited"] == ["Liver", "Tumour"]
+    # the target: the parent's model-grid labels, except the edited organs'
+    pre = pred.preprocessor([ph.image], sitk.ReadImage(str(tmp_path / "c.nii.gz")))
+    parent = pred.predict_array(pre.image)[0].argmax(0)
+    target = seen["labels"][0].numpy()
+    moved = (target != parent)
+    edited = np.isin(target, [1, TUMOUR]) | np.isin(parent, [1, TUMOUR])
+    assert moved.any() and edited[moved].all()
+    for v in (1, TUMOUR):
+        assert np.array_equal(target == v, pre.label == v)
+    # patches focus on what was redrawn only
+    focus = seen["focus"][0].numpy()
+    assert len(focus) and moved[tuple(focus.T)].all()

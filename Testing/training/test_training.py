@@ -69,6 +69,39 @@ def test_sampler_oversamples_small_structures():
     assert hits > 70  # about half the patches, against 8/64000 of the voxels
 
 
+def test_sampler_crops_soft_targets_with_the_labels_and_pads_them_with_zeros():
+    import torch
+
+    from medseg_core.data.sampling import PatchSampler
+
+    lab = torch.zeros(12, 12, 12, dtype=torch.uint8)
+    lab[4:8, 4:8, 4:8] = 1
+    soft = torch.nn.functional.one_hot(lab.long(), 2).permute(3, 0, 1, 2).half()  # soft targets = the labels
+    s = PatchSampler([torch.randn(1, 12, 12, 12)], [lab], 2, (10, 10, 10), fg_fraction=0.0, seed=3, soft=[soft])
+    for _ in range(20):
+        x, y, annotated, t = s.sample(2)
+        assert t.shape == (2, 2, 10, 10, 10) and t.dtype == torch.float32
+        inside = t.sum(1) > 0.5  # padding is all zero, everywhere else one class is one
+        assert torch.equal(t.argmax(1)[inside], y[inside]) and bool((y[~inside] == 0).all())
+    assert len(PatchSampler([torch.randn(1, 12, 12, 12)], [lab], 2, (4, 4, 4)).sample(1)) == 3
+
+
+def test_the_loop_refuses_soft_targets_with_an_augmentation_that_moves_voxels():
+    import torch
+
+    from medseg_core.data.augment import Augmenter
+    from medseg_core.data.sampling import PatchSampler
+    from medseg_core.training.loop import TrainingLoop
+
+    lab = torch.zeros(8, 8, 8, dtype=torch.uint8)
+    soft = torch.zeros(2, 8, 8, 8)
+    sampler = PatchSampler([torch.randn(1, 8, 8, 8)], [lab], 2, (4, 4, 4), soft=[soft])
+    assert Augmenter([2]).moves_voxels and Augmenter(affine_p=0.5).moves_voxels and not Augmenter().moves_voxels
+    loop = TrainingLoop(None, None, sampler, Augmenter([2]), None, None, 1, 3, torch.device("cpu"))
+    with pytest.raises(ValueError, match="soft targets"):
+        loop.step(0, 0.0)
+
+
 @pytest.mark.parametrize("recipe,net,patch", [
     ("pgd_nsfl", {"name": "pgd_unet", "kwargs": {"spatial_dims": 2, "features": [8, 16, 32, 32]}}, [48, 48]),
     ("godc", {"name": "unet", "kwargs": {"spatial_dims": 2, "features": [8, 16, 32, 32]}}, [48, 48]),

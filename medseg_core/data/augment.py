@@ -51,6 +51,11 @@ class Augmenter:
         self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.gen = torch.Generator().manual_seed(seed)
 
+    @property
+    def moves_voxels(self) -> bool:
+        """Whether a voxel may land elsewhere (mirroring, the affine): then only labels follow it."""
+        return bool(self.mirror_axes) or self.affine_p > 0
+
     def _rand(self, *shape) -> torch.Tensor:
         return torch.rand(*shape, generator=self.gen)
 

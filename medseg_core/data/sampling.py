@@ -6,7 +6,9 @@ structure of a few hundred voxels is seen as often as a large organ; otherwise t
 uniform in a random case. Fine-tuning adds *focus points* (where the parent model disagrees with
 the user's correction): a share ``focus_fraction`` of the patches is centred on one of them,
 jittered by up to a quarter patch so the edited boundary is seen at different positions in the
-window. Everything runs in torch on the cases' device, so on a GPU the whole
+window. Fine-tuning may also give *soft targets* (the parent model's probabilities, to distil
+on the voxels the user accepted): they are cropped with the labels and come back as a fourth
+item of each batch (zero where a patch is padded). Everything runs in torch on the cases' device, so on a GPU the whole
 pipeline stays on the GPU.
 """
 
@@ -29,13 +31,15 @@ class PatchSampler:
         seed: the generator's seed (give each distributed rank its own).
         focus: per case, (M, nd) voxel indices to centre patches on (fine-tuning's errors).
         focus_fraction: share of patches centred on a focus point (when any case has one).
+        soft: per case, (N, *S) soft targets cropped with the labels (``sample`` then returns them).
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int,
                  patch_size: tuple[int, ...], fg_fraction: float = 0.67,
                  annotated: list[list[int]] | None = None, seed: int = 0,
-                 focus: list[torch.Tensor] | None = None, focus_fraction: float = 0.0):
-        self.images, self.labels = images, labels
+                 focus: list[torch.Tensor] | None = None, focus_fraction: float = 0.0,
+                 soft: list[torch.Tensor] | None = None):
+        self.images, self.labels, self.soft = images, labels, soft
         self.num_classes = num_classes
         self.patch = tuple(int(p) for p in patch_size)
         self.fg_fraction = fg_fraction
@@ -82,9 +86,9 @@ class PatchSampler:
         case = self._randint(len(self.images))
         return case, [self._randint(s) for s in self.labels[case].shape]
 
-    def crop(self, case: int, centre: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The patch around ``centre``; out-of-volume parts are padded (image with its minimum,
-        label with background)."""
+    def crop(self, case: int, centre: list[int]) -> tuple[torch.Tensor, ...]:
+        """The patch around ``centre``: image, label (and soft targets); out-of-volume parts are
+        padded (image with its minimum, label with background, soft targets with zeros)."""
         img, lab = self.images[case], self.labels[case]
         shape = lab.shape
         lo = [c - p // 2 for c, p in zip(centre, self.patch)]
@@ -98,15 +102,19 @@ class PatchSampler:
         if any(pad):
             pi = F.pad(pi, pad, value=float(img.min()))
             pl = F.pad(pl.long(), pad, value=0).to(lab.dtype)
-        return pi, pl
+        if self.soft is None:
+            return pi, pl
+        ps = self.soft[case][(slice(None),) + src]
+        return pi, pl, (F.pad(ps, pad, value=0.0) if any(pad) else ps)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, *patch) images, (B, *patch) long labels, (B, N) annotated classes."""
-        xs, ys, cases = [], [], []
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """(B, C, *patch) images, (B, *patch) long labels, (B, N) annotated classes, and with
+        ``soft`` the (B, N, *patch) float soft targets."""
+        crops, cases = [], []
         for _ in range(batch_size):
             case, centre = self._centre()
-            x, y = self.crop(case, centre)
-            xs.append(x)
-            ys.append(y)
+            crops.append(self.crop(case, centre))
             cases.append(case)
-        return torch.stack(xs), torch.stack(ys).long(), self.annotated[cases].to(xs[0].device)
+        x, y = torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]).long()
+        batch = (x, y, self.annotated[cases].to(x.device))
+        return batch if self.soft is None else batch + (torch.stack([c[2] for c in crops]).float(),)

@@ -21,8 +21,9 @@ class TrainingLoop:
     """Attributes:
         recipe: the :class:`~medseg_core.training.recipes.Recipe`, attached to ``net``.
         net: the network (the one handle every recipe steps).
-        sampler: gives ``(images, labels, annotated)`` batches (:class:`~medseg_core.data.sampling.PatchSampler`).
-        augment: ``(images, labels) -> (images, labels)``.
+        sampler: gives ``(images, labels, annotated)`` batches (:class:`~medseg_core.data.sampling.PatchSampler`),
+            or ``(images, labels, annotated, soft)``: soft targets go to ``recipe.soft_targets``.
+        augment: ``(images, labels) -> (images, labels)``; with soft targets it must not move voxels.
         optimizer, scheduler: the main optimiser and its learning-rate schedule.
         batch_size: patches per step.
         spatial_dims: the network's (2D networks get single-slice patches without their slice axis).
@@ -46,9 +47,13 @@ class TrainingLoop:
 
     def step(self, step: int, fraction: float) -> float:
         """One optimiser step at ``step`` (0-based), ``fraction`` of the run done; the loss."""
-        x, y, annotated = self.sampler.sample(self.batch_size)
+        x, y, annotated, *soft = self.sampler.sample(self.batch_size)
+        if soft and getattr(self.augment, "moves_voxels", True):
+            raise ValueError("soft targets need an augmentation that leaves voxels where they are")
         x, y = self.augment(x, y)
         x, y = to_net(x, self.spatial_dims), labels_to_net(y, self.spatial_dims)
+        if soft:
+            self.recipe.soft_targets = to_net(soft[0], self.spatial_dims)
         self.recipe.before_step(step, fraction)
         loss = self.recipe.train_step(self.net, x, y, annotated, self.optimizer, self.autocast)
         dd.broadcast_module(self.net, buffers_only=True)  # rank 0's batch-norm statistics, as DDP keeps them

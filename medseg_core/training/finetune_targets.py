@@ -1,0 +1,61 @@
+"""What fine-tuning fits from a correction: which organs the user changed, the target that
+keeps the accepted ones as the parent drew them, the voxels to focus on, and the steps a
+correction of that size deserves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..data.preprocess import probabilities_to_labels
+from ..inference.postprocess import keep_largest_components
+from ..models.card import ModelCard
+
+DEFAULT_STEPS = 30
+MIN_STEPS = 8
+FULL_CHANGE = 1000
+"""Voxels changed on the model grid (over all cases) that earn ``DEFAULT_STEPS``; a smaller
+correction gets ``DEFAULT_STEPS * sqrt(changed / FULL_CHANGE)`` steps, at least ``MIN_STEPS``."""
+
+def steps_for(changed: int) -> int:
+    """Optimiser steps a correction deserves: ``DEFAULT_STEPS`` from ``FULL_CHANGE`` voxels changed
+    on the model grid, fewer (with the square root of its size, at least ``MIN_STEPS``) for a small
+    one, so a few dozen voxels do not move the whole model.
+
+    >>> steps_for(5000), steps_for(1000), steps_for(250), steps_for(30)
+    (30, 30, 15, 8)
+    """
+    return int(min(DEFAULT_STEPS, max(MIN_STEPS, math.ceil(DEFAULT_STEPS * math.sqrt(changed / FULL_CHANGE)))))
+
+
+def what_was_edited(card: ModelCard, case, probs: np.ndarray, parent: np.ndarray):
+    """The annotated organs the user changed, and the training target on the model grid.
+
+    The parent's result is brought onto the image's grid as ``medseg segment`` writes it (largest
+    components kept as the card says) and compared with the correction there, organ by organ: an
+    organ whose voxels are all as the parent drew them was *accepted*. Its voxels on the model
+    grid are then the parent's own (the correction's copy went through a resampling and back, a
+    staircase the model must not learn); the edited organs are taken from the correction.
+    """
+    shown = sitk.GetImageFromArray(probabilities_to_labels(probs, case.grid, case.reference))
+    shown.CopyInformation(case.reference)
+    shown = sitk.GetArrayFromImage(keep_largest_components(shown, card.inference.largest_component))
+    edited = [v for v in case.annotated if v and not np.array_equal(shown == v, case.drawn == v)]
+    target = parent.copy()
+    target[np.isin(parent, edited)] = 0
+    mine = np.isin(case.label, edited)
+    target[mine] = case.label[mine]
+    return edited, target
+
+
+def errors(case, predicted: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Voxels where the parent disagrees with the correction, on the labels the correction annotates
+    (a prediction of an unannotated label is not an error)."""
+    annotated = np.zeros(num_classes, dtype=bool)
+    annotated[list(case.annotated)] = True
+    ref = case.target
+    wrong = (predicted != ref) & ((ref > 0) | ((predicted > 0) & annotated[predicted]))
+    return torch.from_numpy(np.argwhere(wrong))
