@@ -226,7 +226,8 @@ def finetuneEnding(outcome) -> Ending:
 
 def organChanges(perLabel, tolerance=0.005):
     """The organs a fine-tune changed on the correction, most changed first ("Tumour 0.62 -> 0.81"),
-    and how many it left as they were (within ``tolerance``)."""
+    how many it left as they were (within ``tolerance``), and which ones the user edited (the
+    others were accepted as the model drew them)."""
     rows = [(name, d.get("before"), d.get("after")) for name, d in perLabel.items()
             if isinstance(d, dict) and all(isinstance(d.get(k), (int, float)) for k in ("before", "after"))]
     changed = sorted((r for r in rows if abs(r[2] - r[1]) > tolerance), key=lambda r: -abs(r[2] - r[1]))
@@ -234,4 +235,6 @@ def organChanges(perLabel, tolerance=0.005):
         return ""
     text = "; ".join(f"{n} {b:.3f} -> {a:.3f}" for n, b, a in changed) or "no organ changed"
     same = len(rows) - len(changed)
-    return f"Per organ on the correction: {text}" + (f" ({same} unchanged)" if changed and same else "") + "."
+    edited = [name for name, d in perLabel.items() if isinstance(d, dict) and d.get("edited")]
+    return (f"Per organ on the correction: {text}" + (f" ({same} unchanged)" if changed and same else "") + "."
+            + (f" You edited {', '.join(edited)}; the rest was kept as the model drew it." if edited else ""))

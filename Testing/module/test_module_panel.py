@@ -106,6 +106,8 @@ def test_panel_endings_of_runs():
     organs = Panel.finetuneEnding(Outcome(cancelled=False, ok=True, error="", model="m", modelPath="/m",
                                           diceBefore=0.8, diceAfter=0.85, perLabel=per)).log[1]
     assert organs == "Per organ on the correction: Tumour 0.620 -> 0.810; SpinalCord 0.900 -> 0.850 (1 unchanged)."
+    per["Tumour"]["edited"] = True
+    assert Panel.organChanges(per).endswith("(1 unchanged). You edited Tumour; the rest was kept as the model drew it.")
     same = Panel.organChanges({"Liver": {"before": 0.9, "after": 0.9}})
     assert same == "Per organ on the correction: no organ changed."
     assert Panel.organChanges({}) == ""

@@ -350,6 +350,7 @@ def test_organs_the_user_left_alone_are_trained_as_the_parent_drew_them(tmp_path
     res = finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=2, device="cpu")
     record = load_package(res.package_dir).card.training["finetune"]
     assert record["cases"][0]["labels_edited"] == ["Liver", "Tumour"]
+    assert res.per_label["Tumour"]["edited"] and not res.per_label["LeftGland"]["edited"]
     # the target: the parent's model-grid labels, except the edited organs'
     pre = pred.preprocessor([ph.image], sitk.ReadImage(str(tmp_path / "c.nii.gz")))
     parent = pred.predict_array(pre.image)[0].argmax(0)

@@ -93,7 +93,8 @@ class FinetuneResult:
             when no correction holds any voxel of an annotated label.
         steps: optimiser steps taken.
         seconds: wall time of the whole call (loading to saving).
-        per_label: ``{name: {"before": dice, "after": dice, "cases": n}}``.
+        per_label: ``{name: {"before": dice, "after": dice, "cases": n, "edited": bool}}`` (edited:
+            the user changed it in at least one correction; the others were accepted).
     """
 
     package_dir: Path
@@ -222,8 +223,9 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         names = parent.label_names()
         dice_before, per_before = summarise(before_cases, names)
         dice_after, per_after = summarise(after_cases, names)
+        edited = {names[v] for c in prepared for v in c.edited}
         per_label = {n: {"before": rounded(per_before[n][0]), "after": rounded(per_after.get(n, (float("nan"),))[0]),
-                         "cases": per_before[n][1]} for n in per_before}
+                         "cases": per_before[n][1], "edited": n in edited} for n in per_before}
         record = {
             "cases": [c.record for c in prepared], "steps": steps, "voxels_changed": changed, "lr": lr,
             "batch_size": BATCH_SIZE,
