@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the network: auto (OpenVINO on a CPU without native bf16 when it is "
                         "installed, else PyTorch), torch or openvino")
+    s.add_argument("--dicom", metavar="seg",
+                   help="for a DICOM series input, also write STEM_seg.dcm: a DICOM SEG that references the series")
     s.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     r = sub.add_parser("refine", help="re-segment prompted organs of an existing result")
@@ -91,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--image", action="append", required=True, help="an image; repeat with --label per case")
     f.add_argument("--label", action="append", required=True,
                    help="its corrected labelmap or .seg.nrrd (segments matched to the model's labels by name)")
-    f.add_argument("--steps", type=int, default=None, help="training steps (default: 8 to 30, from the correction's size)")
+    f.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: 8 to 30, from the correction's size)")
     f.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     f.add_argument("--name", help="name of the new model (default NAME-ft-<date-time>)")
     f.add_argument("--device", default="auto", choices=DEVICES)
@@ -119,7 +122,8 @@ def cmd_segment(a) -> int:
 
     request = SegmentRequest(inputs=a.inputs, model=a.model, output=a.output, device=a.device, overwrite=a.overwrite,
                              batch_size=a.batch_size, tta=a.tta, confidence=not a.no_confidence,
-                             confidence_threshold=a.confidence_threshold, roi=a.roi, runtime=a.runtime)
+                             confidence_threshold=a.confidence_threshold, roi=a.roi, runtime=a.runtime,
+                             dicom=a.dicom or [])
     reports = run_segment(request, progress=_reporter(a))
     _close(a)
     if a.progress == "json":

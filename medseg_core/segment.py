@@ -3,7 +3,8 @@
 For each input: ``DIR/STEM_labels.nii.gz`` (labelmap on the input grid), ``DIR/STEM.seg.nrrd``
 (Slicer segmentation, with a "Low confidence" segment), ``DIR/STEM_confidence.nii.gz`` (float32
 in [0, 1], 1 = confident), ``DIR/STEM_rois.json`` and ``DIR/STEM_rois.seg.nrrd`` (the small
-organs' regions, for models that name small organs) and ``DIR/STEM_report.json``. They are
+organs' regions, for models that name small organs), ``DIR/STEM_report.json`` and, for a DICOM
+series asked for it, ``DIR/STEM_seg.dcm`` (DICOM SEG, :mod:`~medseg_core.io.dicom_seg`). They are
 written to temporary names and renamed together at the end, so an error or interruption leaves
 nothing partial behind.
 """
@@ -26,7 +27,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
                   overwrite: bool = False, batch_size: int = 4, progress: Callable | None = None,
                   predictor=None, tta: bool = False, confidence: bool = True,
                   confidence_threshold: float = 0.5, roi_mm: list[float] | None = None,
-                  read_images: Callable | None = None, runtime: str = "auto") -> list[dict]:
+                  read_images: Callable | None = None, runtime: str = "auto", dicom=()) -> list[dict]:
     """Segment each input with ``model``; returns one report dict per input.
 
     Args:
@@ -39,6 +40,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         read_images: ``(path, n_channels) -> images`` (default ``io.read_channels``); the worker
             passes the one that keeps recent images, so a refine after it reads nothing.
         runtime: what runs the network's windows (see :mod:`.inference.runtime`).
+        dicom: DICOM objects to write too (``["seg"]``); every input must then be a DICOM series.
     """
     from .inference.postprocess import postprocess, small_organs
     from .inference.predictor import Predictor
@@ -48,9 +50,16 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
 
     report_cb = progress or (lambda *a, **k: None)
     inputs, stems = _check_inputs(inputs)
+    if dicom:
+        from .io.dicom_seg import require_highdicom
+
+        require_highdicom()
+    for p in inputs if dicom else []:
+        if not p.is_dir():
+            raise InputError(f"{p}: --dicom {','.join(dicom)} needs a DICOM series folder as input, not a file")
     package = predictor.package if predictor is not None else find_model(model)
     card = package.card
-    plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card))) for s in stems}
+    plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card)), dicom) for s in stems}
     check_outputs((p for outs in plan.values() for p in outs.values()), overwrite)
     check_output_folder(output_dir)  # created only when the first case is written
     # every input is read and checked before the first is segmented: a bad one stops the run
@@ -154,6 +163,12 @@ def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_wr
                  "regions": case.regions}, indent=1) + "\n")
             boxes, box_labels = region_layer(case.regions, case.labels, card)
             write_segmentation(boxes, box_labels, staged.stage(outs["rois_segmentation"]))
+        if "dicom_seg" in outs:
+            from .io.dicom import dicom_series_files
+            from .io.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(case.labels, card.labels, dicom_series_files(path), staged.stage(outs["dicom_seg"]),
+                            card.name, card.version, case.extra_segments)
         seconds["write"] = time.perf_counter() - t_write
         seconds["total"] = sum(seconds.values())
         report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}

@@ -21,6 +21,7 @@ from ..errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 RUNTIMES = ("auto", "torch", "openvino")  # see medseg_core/inference/runtime.py
+DICOM_OUTPUTS = ("seg",)  # see medseg_core/io/dicom_seg.py
 
 
 def device(option: str, value) -> str:
@@ -33,6 +34,18 @@ def runtime(option: str, value) -> str:
     if value not in RUNTIMES:
         raise InputError(f"{option} {value!r}: expected one of {', '.join(RUNTIMES)}")
     return value
+
+
+def dicom_outputs(option: str, value) -> list[str]:
+    """The DICOM objects to write: a list, or their comma-separated text (``"seg"``); none: ``[]``."""
+    kinds = [k.strip().lower() for k in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds):
+        raise InputError(f"{option} {value!r}: expected a list of {', '.join(DICOM_OUTPUTS)}")
+    for k in kinds:
+        if k not in DICOM_OUTPUTS:
+            raise InputError(f"{option} {k!r}: expected {', '.join(DICOM_OUTPUTS)} (an RT Structure Set is "
+                             f"not written yet)")
+    return sorted(set(kinds))
 
 
 def flag(option: str, value) -> bool:

@@ -24,6 +24,8 @@ class SegmentRequest:
         confidence_threshold: in [0, 1]; voxels under it join "Low confidence".
         roi: segment only inside this LPS box, six numbers (or their ``x0,...,z1`` text), mm.
         runtime: what runs the network's windows: ``auto``, ``torch`` or ``openvino``.
+        dicom: DICOM objects written beside the other outputs for a DICOM series input:
+            ``["seg"]`` (``STEM_seg.dcm``), or their comma-separated text.
     """
 
     inputs: list
@@ -37,6 +39,7 @@ class SegmentRequest:
     confidence_threshold: float = 0.5
     roi: list | str | None = None
     runtime: str = "auto"
+    dicom: list | str = ()
 
     def __post_init__(self):
         self.inputs = checks.paths("INPUT", self.inputs)
@@ -50,6 +53,7 @@ class SegmentRequest:
         self.confidence_threshold = checks.fraction("--confidence-threshold", self.confidence_threshold)
         self.roi = None if self.roi is None else checks.roi("--roi", self.roi)
         self.runtime = checks.runtime("--runtime", self.runtime)
+        self.dicom = checks.dicom_outputs("--dicom", list(self.dicom) if isinstance(self.dicom, tuple) else self.dicom)
 
     @classmethod
     def from_dict(cls, args) -> SegmentRequest:
@@ -78,4 +82,5 @@ def run_segment(request: SegmentRequest, progress: Callable | None = None, predi
     return segment_files(inputs, request.model, request.output, device=request.device, overwrite=request.overwrite,
                          batch_size=request.batch_size, progress=progress, predictor=predictor, tta=request.tta,
                          confidence=request.confidence, confidence_threshold=request.confidence_threshold,
-                         roi_mm=request.roi, read_images=read_images, runtime=request.runtime)
+                         roi_mm=request.roi, read_images=read_images, runtime=request.runtime,
+                         dicom=request.dicom)

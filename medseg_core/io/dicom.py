@@ -20,6 +20,20 @@ from medseg_core.io.door import quiet_stderr, sitk_error_detail
 
 
 def read_dicom_folder(folder: Path) -> sitk.Image:
+    """The folder's series (the one with the most files) as one volume, checked complete."""
+    files = dicom_series_files(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        with quiet_stderr():
+            return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"{folder}: cannot read the DICOM series ({sitk_error_detail(error)})") from None
+
+
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the folder's series with the most files, in the order of the volume's slices
+    (what :func:`read_dicom_folder` reads, slice k of the volume from file k), checked complete."""
     reader = sitk.ImageSeriesReader()
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr when no series is found
@@ -35,12 +49,7 @@ def read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputError(f"{folder}: is a folder with no DICOM series in it")
     files = max(series, key=len)
     check_dicom_series(folder, files, [f for s in series for f in s])
-    reader.SetFileNames(files)
-    try:
-        with quiet_stderr():
-            return reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"{folder}: cannot read the DICOM series ({sitk_error_detail(error)})") from None
+    return list(files)
 
 
 def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str]) -> None:

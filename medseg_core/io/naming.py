@@ -17,6 +17,7 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "confidence": "_confidence.nii.gz",
     "rois": "_rois.json",
     "rois_segmentation": "_rois.seg.nrrd",
+    "dicom_seg": "_seg.dcm",
 }
 LABELS_SUFFIX = "_labels"  # ``STEM_labels.nii.gz``: what ``evaluate`` pairs with ``STEM.nii.gz``
 
@@ -43,8 +44,10 @@ def stem_of(path: str | Path) -> str:
     return p.stem
 
 
-def output_paths(output_dir: str | Path, stem: str, confidence: bool = True, rois: bool = False) -> dict[str, Path]:
-    """The files ``segment`` writes for one input (confidence and regions only when asked for).
+def output_paths(output_dir: str | Path, stem: str, confidence: bool = True, rois: bool = False,
+                 dicom: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
+    """The files ``segment`` writes for one input (confidence, regions and DICOM objects such as
+    ``dicom=["seg"]`` only when asked for).
 
     >>> sorted(output_paths("out", "ct", confidence=False))
     ['labels', 'report', 'segmentation']
@@ -52,5 +55,5 @@ def output_paths(output_dir: str | Path, stem: str, confidence: bool = True, roi
     'out/ct_rois.seg.nrrd'
     """
     wanted = {"labels", "segmentation", "report"} | ({"confidence"} if confidence else set()) \
-        | ({"rois", "rois_segmentation"} if rois else set())
+        | ({"rois", "rois_segmentation"} if rois else set()) | {f"dicom_{kind}" for kind in dicom}
     return {kind: Path(output_dir) / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items() if kind in wanted}
