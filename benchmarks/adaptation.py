@@ -112,6 +112,8 @@ def main() -> int:
     ap.add_argument("--k", default="1,3,5")
     ap.add_argument("--new", type=int, default=6, help="new validation cases scored")
     ap.add_argument("--chain", type=int, default=0, help="generations of fine-tunes on one case each")
+    ap.add_argument("--fit-cases", type=int, default=5,
+                    help="validation cases kept for corrections (at least max K and --chain); the new ones follow")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--finetune-args", default="{}",
@@ -135,7 +137,7 @@ def main() -> int:
     ks = [int(k) for k in a.k.split(",")]
     extra = json.loads(a.finetune_args)
     val = json.loads((DATA / "splits.json").read_text())["validation"]
-    n_fit = max(ks + [a.chain])
+    n_fit = max(ks + [a.chain, a.fit_cases])
     fit_cases, new_cases = val[:n_fit], val[n_fit:n_fit + a.new]
     parent_pkg = find_model(MODEL)
     values = {lab.name: lab.value for lab in parent_pkg.card.labels}

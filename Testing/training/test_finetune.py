@@ -363,3 +363,29 @@ def test_organs_the_user_left_alone_are_trained_as_the_parent_drew_them(tmp_path
     # patches focus on what was redrawn only
     focus = seen["focus"][0].numpy()
     assert len(focus) and moved[tuple(focus.T)].all()
+
+
+def test_blend_keeps_the_asked_share_of_the_change(tmp_path, monkeypatch):
+    """``blend=0.5`` lands halfway between the parent's weights and those of the same run unblended."""
+    from medseg_core.models.package import load_package as load
+
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
+    ph = make_phantom(seed=6)
+    sitk.WriteImage(ph.image, str(tmp_path / "i.nii.gz"))
+    sitk.WriteImage(_edited(ph), str(tmp_path / "c.nii.gz"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {b: finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=3, device="cpu",
+                            name=f"b{int(b * 10)}", blend=b, seed=1) for b in (1.0, 0.5)}
+    finally:
+        torch.set_num_threads(threads)
+    parent = find_model(MODEL).load_state_dict()
+    full, half = (load(runs[b].package_dir).load_state_dict() for b in (1.0, 0.5))
+    moved = [k for k in parent if parent[k].is_floating_point() and not torch.equal(full[k].float(), parent[k].float())]
+    assert moved  # the decoder trained; the frozen encoder did not move
+    for k in moved:
+        torch.testing.assert_close(half[k].float(), (parent[k].float() + full[k].float()) / 2, atol=2e-3, rtol=0)
+    assert load(runs[0.5].package_dir).card.training["finetune"]["blend"] == 0.5
+    with pytest.raises(InputError, match=r"--blend 0(\.0)?: give a share"):
+        finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=1, device="cpu", blend=0)

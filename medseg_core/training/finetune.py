@@ -75,6 +75,8 @@ DEFAULT_DISTILL = 1.0
 """Weight of the parent's probabilities distilled where the correction agrees with it."""
 DEFAULT_ANCHOR = 0.0
 """Weight of the L2-SP pull toward the parent's weights."""
+DEFAULT_BLEND = 0.5
+"""Share of the weights' change kept after training (WiSE-FT's interpolation toward the parent)."""
 ERROR_FRACTION = 0.5
 """Share of patches centred on a voxel where the parent's prediction disagrees with the correction."""
 DISAGREE_DICE = 0.25
@@ -124,7 +126,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
              lr: float | None = None, name: str | None = None, device: str = "auto",
              progress: Callable[..., None] | None = None, train_all: bool = False, seed: int = 0,
              patch_size: Sequence[int] | None = None, force: bool = False, distill: float | None = None,
-             anchor: float | None = None) -> FinetuneResult:
+             anchor: float | None = None, blend: float | None = None) -> FinetuneResult:
     """Fine-tune ``model`` on corrected cases and save the result as a new user model.
 
     Args:
@@ -146,6 +148,9 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         distill: weight of the parent's probabilities distilled on the voxels the correction
             accepts (default ``DEFAULT_DISTILL``; 0: off).
         anchor: weight of the L2-SP pull toward the parent's weights (default ``DEFAULT_ANCHOR``).
+        blend: the share of the weights' change kept after training (default ``DEFAULT_BLEND``;
+            1: all of it; 0.5: halfway between parent and fine-tuned, as WiSE-FT interpolates,
+            Wortsman et al., CVPR 2022).
 
     Returns:
         A :class:`FinetuneResult`.
@@ -164,6 +169,9 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
     for flag, v in (("--distill", distill), ("--anchor", anchor)):
         if not (v >= 0 and math.isfinite(v)):
             raise InputError(f"{flag} {v}: give a weight of zero or more")
+    blend = DEFAULT_BLEND if blend is None else float(blend)
+    if not 0 < blend <= 1:
+        raise InputError(f"--blend {blend}: give a share in (0, 1]")
     if steps is not None and steps < 1:
         raise InputError(f"--steps {steps}: give at least one step")
     if not (lr > 0 and math.isfinite(lr)):
@@ -204,8 +212,14 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
 
         t = time.perf_counter()
         knobs = {"distill": distill, "anchor": anchor, "train_all": train_all}
+        start = {k: v.detach().clone() for k, v in pred.net.state_dict().items() if v.is_floating_point()}
         recipe, amp = _train(pred, prepared, parent_preds, parent_probs, patch, steps, lr, knobs, seed, report,
                              pkg.path)
+        if blend < 1:
+            with torch.no_grad():
+                for k, v in pred.net.state_dict().items():
+                    if k in start:
+                        v.copy_(start[k] + float(blend) * (v - start[k]))
         half = parent.weights.dtype == "float16"
         if half:  # evaluate exactly the weights that will be stored
             with torch.no_grad():
@@ -230,7 +244,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
             "cases": [c.record for c in prepared], "steps": steps, "voxels_changed": changed, "lr": lr,
             "batch_size": BATCH_SIZE,
             "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
-            "distill": distill, "anchor": anchor,
+            "distill": distill, "anchor": anchor, "blend": float(blend),
             "seconds": round(time.perf_counter() - t_start, 1),
             "seconds_by_stage": {k: round(v, 2) for k, v in seconds.items()}, "device": str(pred.device),
             "threads": torch.get_num_threads() if pred.device.type == "cpu" else None,
