@@ -57,6 +57,10 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     for p in inputs if dicom else []:
         if not p.is_dir():
             raise InputError(f"{p}: --dicom {','.join(dicom)} needs a DICOM series folder as input, not a file")
+        from .io.dicom import dicom_series_files
+        from .io.dicom_seg import source_datasets
+
+        source_datasets(p, dicom_series_files(p))  # a series a SEG cannot reference stops the run here
     package = predictor.package if predictor is not None else find_model(model)
     card = package.card
     plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card)), dicom) for s in stems}
@@ -167,7 +171,7 @@ def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_wr
             from .io.dicom import dicom_series_files
             from .io.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(case.labels, card.labels, dicom_series_files(path), staged.stage(outs["dicom_seg"]),
+            write_dicom_seg(case.labels, card.labels, path, dicom_series_files(path), staged.stage(outs["dicom_seg"]),
                             card.name, card.version, case.extra_segments)
         seconds["write"] = time.perf_counter() - t_write
         seconds["total"] = sum(seconds.values())

@@ -37,6 +37,29 @@ def require_highdicom() -> None:
                          "(or pip install highdicom)") from None
 
 
+def source_datasets(folder: Path, files: list[str]):
+    """The series' headers (no pixels) as highdicom needs them, checked before any work: each slice's
+    SOP class and instance UIDs (from the file meta group where an anonymiser blanked them in the
+    data set, which the standard defines equal), and the study, series and frame of reference
+    UIDs that a SEG must reference: where they are missing, one clear error."""
+    import pydicom
+
+    out = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(ds.get(attr, "") or "") and meta is not None and str(meta.get(meta_attr, "") or ""):
+                setattr(ds, attr, meta.get(meta_attr))
+        for attr in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if not str(ds.get(attr, "") or ""):
+                raise InputError(f"{folder}: the DICOM series has no {attr} (in {Path(f).name}; anonymised?), "
+                                 f"so a DICOM SEG cannot reference it")
+        out.append(ds)
+    return out
+
+
 def _code(triple):
     from highdicom.sr import CodedConcept
 
@@ -60,7 +83,7 @@ def _description(number: int, name: str, color, terminology: dict, algorithm):
     return desc
 
 
-def write_dicom_seg(labels: sitk.Image, label_list: list[Label], source_files: list[str], path: Path,
+def write_dicom_seg(labels: sitk.Image, label_list: list[Label], folder: Path, source_files: list[str], path: Path,
                     model: str, version: str, extra_segments=()) -> None:
     """Write ``labels`` (on the series' grid) and ``extra_segments`` (``(name, colour, mask)``;
     "Low confidence") as a DICOM SEG at ``path``, referencing the series ``source_files``.
@@ -69,12 +92,11 @@ def write_dicom_seg(labels: sitk.Image, label_list: list[Label], source_files: l
         InputError: the labelmap is not on the series' grid.
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     from .. import __version__
 
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+    sources = source_datasets(folder, source_files)
     arr = sitk.GetArrayFromImage(labels)
     first = sources[0]
     if arr.shape != (len(sources), int(first.Rows), int(first.Columns)):
