@@ -116,7 +116,7 @@ def run(a, home: str) -> int:
     import SimpleITK as sitk
     import torch
 
-    from medseg_core.training.finetune import DEFAULT_LR, DEFAULT_STEPS, finetune
+    from medseg_core.training.finetune import DEFAULT_LR, finetune
     from medseg_core.inference.predictor import Predictor
     from medseg_core.models import find_model, load_package
 
@@ -128,7 +128,7 @@ def run(a, home: str) -> int:
     img = DATA / "imagesTr" / f"{case}_0000.nii.gz"
     lab = DATA / "labelsTr" / f"{case}.nii.gz"
     print(f"corrected case {case}; held-out {len(held)} case(s); {a.threads} thread(s); "
-          f"steps {a.steps or DEFAULT_STEPS}, lr {a.lr or DEFAULT_LR}; MEDSEG_HOME={home}")
+          f"steps {a.steps or 'sized from the correction'}, lr {a.lr or DEFAULT_LR}; MEDSEG_HOME={home}")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work slows the timing)")
 
     clock = StageClock()

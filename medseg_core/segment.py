@@ -50,17 +50,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
 
     report_cb = progress or (lambda *a, **k: None)
     inputs, stems = _check_inputs(inputs)
-    if dicom:
-        from .io.dicom_seg import require_highdicom
-
-        require_highdicom()
-    for p in inputs if dicom else []:
-        if not p.is_dir():
-            raise InputError(f"{p}: --dicom {','.join(dicom)} needs a DICOM series folder as input, not a file")
-        from .io.dicom import dicom_series_files
-        from .io.dicom_seg import source_datasets
-
-        source_datasets(p, dicom_series_files(p))  # a series a SEG cannot reference stops the run here
+    sources = _dicom_sources(inputs, dicom)
     package = predictor.package if predictor is not None else find_model(model)
     card = package.card
     plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card)), dicom) for s in stems}
@@ -104,7 +94,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
             msg = f"{path}: found none of {card.name}'s labels ({', '.join(card.label_names().values())})"
             print(f"medseg: warning: {msg}", file=sys.stderr)
             report["warnings"].append(msg)
-        _write(case, plan[stem], card, path, report, seconds, t)
+        _write(case, plan[stem], card, path, report, seconds, t, sources.get(path))
         reports.append(report)
         report_cb("write", 1.0, f"{stem} done")
     report_cb("done", 1.0, f"{len(inputs)} case(s) in {time.perf_counter() - t0:.1f} s")
@@ -146,7 +136,24 @@ def _predict(pred, images, path: Path, tta: bool, confidence: bool, roi_mm):
     return labels, conf, None, [msg]
 
 
-def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_write: float) -> None:
+def _dicom_sources(inputs: list[Path], dicom) -> dict:
+    """For ``--dicom``: each input's series headers, read and checked once before any work (a file
+    input, or a series a SEG cannot reference, stops the run here)."""
+    if not dicom:
+        return {}
+    from .io.dicom import dicom_series_files
+    from .io.dicom_seg import require_highdicom, source_datasets
+
+    require_highdicom()
+    out = {}
+    for p in inputs:
+        if not p.is_dir():
+            raise InputError(f"{p}: --dicom {','.join(dicom)} needs a DICOM series folder as input, not a file")
+        out[p] = source_datasets(p, dicom_series_files(p))
+    return out
+
+
+def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_write: float, sources=None) -> None:
     """Every output of one case, staged and renamed together (the report last, with the timings);
     the output folder is made here, and removed again if this first write fails."""
     from .inference.postprocess import quantised_confidence, region_layer, small_organs
@@ -168,11 +175,10 @@ def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_wr
             boxes, box_labels = region_layer(case.regions, case.labels, card)
             write_segmentation(boxes, box_labels, staged.stage(outs["rois_segmentation"]))
         if "dicom_seg" in outs:
-            from .io.dicom import dicom_series_files
             from .io.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(case.labels, card.labels, path, dicom_series_files(path), staged.stage(outs["dicom_seg"]),
-                            card.name, card.version, case.extra_segments)
+            write_dicom_seg(case.labels, card.labels, sources, staged.stage(outs["dicom_seg"]), card.name,
+                            card.version, case.extra_segments)
         seconds["write"] = time.perf_counter() - t_write
         seconds["total"] = sum(seconds.values())
         report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}

@@ -83,24 +83,22 @@ def _description(number: int, name: str, color, terminology: dict, algorithm):
     return desc
 
 
-def write_dicom_seg(labels: sitk.Image, label_list: list[Label], folder: Path, source_files: list[str], path: Path,
-                    model: str, version: str, extra_segments=()) -> None:
+def write_dicom_seg(labels: sitk.Image, label_list: list[Label], sources, path: Path, model: str, version: str,
+                    extra_segments=()) -> None:
     """Write ``labels`` (on the series' grid) and ``extra_segments`` (``(name, colour, mask)``;
-    "Low confidence") as a DICOM SEG at ``path``, referencing the series ``source_files``.
-
-    Raises:
-        InputError: the labelmap is not on the series' grid.
-    """
+    "Low confidence") as a DICOM SEG at ``path``, referencing the series whose headers
+    :func:`source_datasets` read (``sources``, in the volume's slice order). A labelmap on another
+    grid is an InputError."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     from .. import __version__
 
-    sources = source_datasets(folder, source_files)
     arr = sitk.GetArrayFromImage(labels)
     first = sources[0]
     if arr.shape != (len(sources), int(first.Rows), int(first.Columns)):
-        raise InputError(f"{source_files[0]}: the series has {len(sources)} slices of {first.Rows} x "
+        where = getattr(first, "filename", "the series")
+        raise InputError(f"{where}: the series has {len(sources)} slices of {first.Rows} x "
                          f"{first.Columns}, the result {arr.shape}: it is not on the series' grid")
     algorithm = hd.AlgorithmIdentificationSequence(name=model, family=codes.cid7162.ArtificialIntelligence,
                                                    version=version)

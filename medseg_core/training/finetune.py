@@ -60,7 +60,7 @@ from ..models.card import ModelCard
 from ..models.package import find_model, save_package, user_models_dir
 from ..nets.slicewise import volume_patch
 from .finetune_card import new_card, rounded, sha256_path, summarise
-from .finetune_targets import DEFAULT_STEPS, errors, steps_for, what_was_edited  # noqa: F401
+from .finetune_targets import errors, steps_for, what_was_edited
 from .loop import TrainingLoop
 from .recipes import build_recipe
 from .schedule import lr_factor
@@ -211,7 +211,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
 
         t = time.perf_counter()
         knobs = {"distill": distill, "anchor": anchor, "train_all": train_all}
-        start = {k: v.detach().clone() for k, v in pred.net.state_dict().items() if v.is_floating_point()}
+        start = ({k: v.detach().clone() for k, v in pred.net.state_dict().items() if v.is_floating_point()}
+                 if blend < 1 else {})
         recipe, amp = _train(pred, prepared, parent_preds, parent_probs, patch, steps, lr, knobs, seed, report,
                              pkg.path)
         if blend < 1:

@@ -20,6 +20,7 @@ FULL_CHANGE = 1000
 """Voxels changed on the model grid (over all cases) that earn ``DEFAULT_STEPS``; a smaller
 correction gets ``DEFAULT_STEPS * sqrt(changed / FULL_CHANGE)`` steps, at least ``MIN_STEPS``."""
 
+
 def steps_for(changed: int) -> int:
     """Optimiser steps a correction deserves: ``DEFAULT_STEPS`` from ``FULL_CHANGE`` voxels changed
     on the model grid, fewer (with the square root of its size, at least ``MIN_STEPS``) for a small
