@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# it PyTorch runs everything and its tests say why they are skipped
 	$(BIN)/python -m pip install -q --timeout 20 --retries 1 -e ".[openvino]" || \
 		echo "OpenVINO could not be installed: PyTorch runs the networks"
-	# highdicom for DICOM SEG output, where PyPI can be reached; without it --dicom says so
+	# highdicom, pydicom and contourpy for DICOM SEG and RT Structure Sets, where PyPI can be reached;
+	# without them --dicom says so
 	$(BIN)/python -m pip install -q --timeout 20 --retries 1 -e ".[dicom]" || \
-		echo "highdicom could not be installed: medseg writes no DICOM SEG"
+		echo "highdicom could not be installed: medseg writes no DICOM SEG or RT Structure Set"
 	touch $@
 
 setup: $(VENV)/.installed

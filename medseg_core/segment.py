@@ -4,7 +4,8 @@ For each input: ``DIR/STEM_labels.nii.gz`` (labelmap on the input grid), ``DIR/S
 (Slicer segmentation, with a "Low confidence" segment), ``DIR/STEM_confidence.nii.gz`` (float32
 in [0, 1], 1 = confident), ``DIR/STEM_rois.json`` and ``DIR/STEM_rois.seg.nrrd`` (the small
 organs' regions, for models that name small organs), ``DIR/STEM_report.json`` and, for a DICOM
-series asked for it, ``DIR/STEM_seg.dcm`` (DICOM SEG, :mod:`~medseg_core.io.dicom_seg`). They are
+series asked for them, ``DIR/STEM_seg.dcm`` (DICOM SEG, :mod:`~medseg_core.io.dicom_seg`) and
+``DIR/STEM_rtstruct.dcm`` (RT Structure Set of the organs, :mod:`~medseg_core.io.rtstruct`). They are
 written to temporary names and renamed together at the end, so an error or interruption leaves
 nothing partial behind.
 """
@@ -141,10 +142,14 @@ def _dicom_sources(inputs: list[Path], dicom) -> dict:
     input, or a series a SEG cannot reference, stops the run here)."""
     if not dicom:
         return {}
-    from .io.dicom import dicom_series_files
-    from .io.dicom_seg import require_highdicom, source_datasets
+    from .io.dicom import dicom_series_files, source_datasets
+    from .io.dicom_seg import require_highdicom
+    from .io.rtstruct import require_contours
 
-    require_highdicom()
+    if "seg" in dicom:
+        require_highdicom()
+    if "rtstruct" in dicom:
+        require_contours()
     out = {}
     for p in inputs:
         if not p.is_dir():
@@ -179,6 +184,11 @@ def _write(case, outs: dict, card, path: Path, report: dict, seconds: dict, t_wr
 
             write_dicom_seg(case.labels, card.labels, sources, staged.stage(outs["dicom_seg"]), card.name,
                             card.version, case.extra_segments)
+        if "dicom_rtstruct" in outs:
+            from .io.rtstruct import write_rtstruct
+
+            write_rtstruct(case.labels, card.labels, sources, staged.stage(outs["dicom_rtstruct"]), card.name,
+                           card.version)
         seconds["write"] = time.perf_counter() - t_write
         seconds["total"] = sum(seconds.values())
         report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}

@@ -181,7 +181,8 @@ class ProgressTracker:
 # test holds the two equal).
 SEGMENT_OUTPUT_SUFFIXES = {"labels": "_labels.nii.gz", "segmentation": ".seg.nrrd", "report": "_report.json",
                            "confidence": "_confidence.nii.gz", "rois": "_rois.json",
-                           "rois_segmentation": "_rois.seg.nrrd", "dicom_seg": "_seg.dcm"}
+                           "rois_segmentation": "_rois.seg.nrrd", "dicom_seg": "_seg.dcm",
+                           "dicom_rtstruct": "_rtstruct.dcm"}
 
 
 PATH_KEYS = frozenset(SEGMENT_OUTPUT_SUFFIXES) | {"model"}

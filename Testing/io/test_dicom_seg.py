@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dicom_helpers import write_dicom_series
+import shutil
+
+from dicom_outputs import HEAD_FIRST, dciodvfy_errors, dicom_series as _series
 from medseg_core.data.phantom import make_phantom
 from medseg_core.errors import InputError
 from medseg_core.models import find_model
@@ -22,24 +24,6 @@ hd = pytest.importorskip("highdicom", reason="highdicom is optional (pip install
 pydicom = pytest.importorskip("pydicom")
 
 MODEL = "phantom-unet"
-HEAD_FIRST = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-FEET_FIRST = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # rows run to the patient's right, slices upward
-
-
-def _series(tmp_path: Path, direction, position: str) -> Path:
-    ph = make_phantom(seed=4, spacing=(1.4, 1.5, 3.2), direction=direction)  # anisotropic, (x, y, z) mm
-    folder = tmp_path / f"ct_{position}"
-    write_dicom_series(sitk.Cast(ph.image, sitk.sitkInt16), folder, "1.2.826.0.1.3680043.2.1125.900" +
-                       ("1" if position == "HFS" else "2"), patient_position=position)
-    return folder
-
-
-@pytest.fixture(scope="module", params=[(HEAD_FIRST, "HFS"), (FEET_FIRST, "FFS")], ids=["head-first", "feet-first"])
-def written(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("seg")
-    folder = _series(tmp, *request.param)
-    report = segment_files([folder], MODEL, tmp / "out", device="cpu", dicom=["seg"], runtime="torch")[0]
-    return folder, tmp / "out", report
 
 
 def _sources(folder: Path):
@@ -99,6 +83,12 @@ def test_segments_carry_the_cards_names_codes_colours_and_the_algorithm(written)
             low.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) == ("99MEDSEG", "Low confidence")
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed (Debian: "
+                    "apt-get install dicom3tools; .ci/run installs it where it can)")
+def test_the_seg_passes_the_dicom_validator(written):
+    assert dciodvfy_errors(written[2]["outputs"]["dicom_seg"]) == []
+
+
 def test_dicom_output_needs_a_dicom_series_and_a_known_kind(tmp_path):
     from medseg_core.commands import SegmentRequest
 
@@ -107,9 +97,11 @@ def test_dicom_output_needs_a_dicom_series_and_a_known_kind(tmp_path):
     with pytest.raises(InputError, match=r"ct\.nii\.gz: --dicom seg needs a DICOM series folder"):
         segment_files([tmp_path / "ct.nii.gz"], MODEL, tmp_path / "out", device="cpu", dicom=["seg"])
     assert not (tmp_path / "out").exists()
-    with pytest.raises(InputError, match="^--dicom 'rtstruct': expected seg"):
-        SegmentRequest(inputs=[str(tmp_path / "ct.nii.gz")], model=MODEL, output=str(tmp_path / "o"), dicom="rtstruct")
+    with pytest.raises(InputError, match="^--dicom 'rtss': expected seg or rtstruct"):
+        SegmentRequest(inputs=[str(tmp_path / "ct.nii.gz")], model=MODEL, output=str(tmp_path / "o"), dicom="seg,rtss")
     assert SegmentRequest(inputs=[str(tmp_path / "ct.nii.gz")], model=MODEL, output="o", dicom="seg").dicom == ["seg"]
+    assert SegmentRequest(inputs=[str(tmp_path / "ct.nii.gz")], model=MODEL, output="o",
+                          dicom=" RTSTRUCT,seg").dicom == ["rtstruct", "seg"]
 
 
 def test_a_series_without_its_uids_is_refused_before_any_work(tmp_path):
@@ -125,7 +117,7 @@ def test_a_series_without_its_uids_is_refused_before_any_work(tmp_path):
 
 def test_blank_sop_uids_are_taken_from_the_file_meta_group(tmp_path):
     from medseg_core.io.dicom import dicom_series_files
-    from medseg_core.io.dicom_seg import source_datasets
+    from medseg_core.io.dicom import source_datasets
 
     folder = _series(tmp_path, HEAD_FIRST, "HFS")
     first = sorted(folder.iterdir())[0]
@@ -144,9 +136,9 @@ def test_the_command_line_writes_the_seg_and_refuses_what_it_cannot(written, tmp
     assert main(["segment", str(folder), "--model", MODEL, "--output", str(tmp_path / "o"), "--dicom", "seg",
                  "--device", "cpu", "--no-confidence", "--progress", "none"]) == 0
     assert (tmp_path / "o" / f"{folder.name}_seg.dcm").is_file()
-    assert main(["segment", str(folder), "--model", MODEL, "--output", str(tmp_path / "p"), "--dicom", "rtstruct",
+    assert main(["segment", str(folder), "--model", MODEL, "--output", str(tmp_path / "p"), "--dicom", "rtss",
                  "--progress", "none"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("medseg: error: --dicom 'rtstruct'")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("medseg: error: --dicom 'rtss'")
     monkeypatch.setitem(__import__("sys").modules, "highdicom", None)  # as if it were not installed
     assert main(["segment", str(folder), "--model", MODEL, "--output", str(tmp_path / "q"), "--dicom", "seg",
                  "--progress", "none"]) == 2

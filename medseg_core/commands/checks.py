@@ -21,7 +21,7 @@ from ..errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 RUNTIMES = ("auto", "torch", "openvino")  # see medseg_core/inference/runtime.py
-DICOM_OUTPUTS = ("seg",)  # see medseg_core/io/dicom_seg.py
+DICOM_OUTPUTS = ("seg", "rtstruct")  # see medseg_core/io/dicom_seg.py and medseg_core/io/rtstruct.py
 
 
 def device(option: str, value) -> str:
@@ -37,14 +37,13 @@ def runtime(option: str, value) -> str:
 
 
 def dicom_outputs(option: str, value) -> list[str]:
-    """The DICOM objects to write: a list, or their comma-separated text (``"seg"``); none: ``[]``."""
+    """The DICOM objects to write: a list, or their comma-separated text (``"seg,rtstruct"``); none: ``[]``."""
     kinds = [k.strip().lower() for k in value.split(",")] if isinstance(value, str) else value
     if not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds):
         raise InputError(f"{option} {value!r}: expected a list of {', '.join(DICOM_OUTPUTS)}")
     for k in kinds:
         if k not in DICOM_OUTPUTS:
-            raise InputError(f"{option} {k!r}: expected {', '.join(DICOM_OUTPUTS)} (an RT Structure Set is "
-                             f"not written yet)")
+            raise InputError(f"{option} {k!r}: expected {' or '.join(DICOM_OUTPUTS)}, or both separated by a comma")
     return sorted(set(kinds))
 
 

@@ -25,7 +25,8 @@ class SegmentRequest:
         roi: segment only inside this LPS box, six numbers (or their ``x0,...,z1`` text), mm.
         runtime: what runs the network's windows: ``auto``, ``torch`` or ``openvino``.
         dicom: DICOM objects written beside the other outputs for a DICOM series input:
-            ``["seg"]`` (``STEM_seg.dcm``), or their comma-separated text.
+            ``["seg"]`` (``STEM_seg.dcm``), ``["rtstruct"]`` (``STEM_rtstruct.dcm``), both, or their
+            comma-separated text.
     """
 
     inputs: list

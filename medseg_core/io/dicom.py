@@ -52,6 +52,38 @@ def dicom_series_files(folder: Path) -> list[str]:
     return list(files)
 
 
+def source_datasets(folder: Path, files: list[str]):
+    """The series' headers (no pixels), as the DICOM SEG and RT Structure Set writers and readers
+    need them, checked before any work: each slice's SOP class and instance UIDs (from the file
+    meta group where an anonymiser blanked them in the data set, which the standard defines
+    equal), and the study, series and frame of reference UIDs that a SEG or a structure set must
+    reference. One clear error where they are missing, or where the slices do not share one study
+    and one frame of reference (their contours could not be placed)."""
+    try:
+        import pydicom
+    except ImportError:
+        raise InputError("DICOM objects need pydicom, which is not installed: pip install -e '.[dicom]'") from None
+
+    out = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(ds.get(attr, "") or "") and meta is not None and str(meta.get(meta_attr, "") or ""):
+                setattr(ds, attr, meta.get(meta_attr))
+        for attr in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if not str(ds.get(attr, "") or ""):
+                raise InputError(f"{folder}: the DICOM series has no {attr} (in {Path(f).name}; anonymised?), "
+                                 f"so no DICOM SEG or RT Structure Set can reference it")
+        for attr in ("StudyInstanceUID", "FrameOfReferenceUID"):
+            if out and ds.get(attr) != out[0].get(attr):
+                raise InputError(f"{folder}: the DICOM series mixes {attr}s ({Path(f).name} has another than "
+                                 f"{Path(files[0]).name})")
+        out.append(ds)
+    return out
+
+
 def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str]) -> None:
     """A series must be complete: every slice readable and whole, slices evenly spaced.
 

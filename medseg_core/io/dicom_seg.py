@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import Label
-from .terminology import segment_terminology
+from .terminology import private_scheme_item, segment_terminology
 
 MANUFACTURER = "SlicerMedSeg"
 
@@ -35,29 +35,6 @@ def require_highdicom() -> None:
     except ImportError:
         raise InputError("--dicom seg needs highdicom, which is not installed: pip install -e '.[dicom]' "
                          "(or pip install highdicom)") from None
-
-
-def source_datasets(folder: Path, files: list[str]):
-    """The series' headers (no pixels) as highdicom needs them, checked before any work: each slice's
-    SOP class and instance UIDs (from the file meta group where an anonymiser blanked them in the
-    data set, which the standard defines equal), and the study, series and frame of reference
-    UIDs that a SEG must reference: where they are missing, one clear error."""
-    import pydicom
-
-    out = []
-    for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        meta = getattr(ds, "file_meta", None)
-        for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"),
-                                ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
-            if not str(ds.get(attr, "") or "") and meta is not None and str(meta.get(meta_attr, "") or ""):
-                setattr(ds, attr, meta.get(meta_attr))
-        for attr in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-            if not str(ds.get(attr, "") or ""):
-                raise InputError(f"{folder}: the DICOM series has no {attr} (in {Path(f).name}; anonymised?), "
-                                 f"so a DICOM SEG cannot reference it")
-        out.append(ds)
-    return out
 
 
 def _code(triple):
@@ -87,7 +64,7 @@ def write_dicom_seg(labels: sitk.Image, label_list: list[Label], sources, path: 
                     extra_segments=()) -> None:
     """Write ``labels`` (on the series' grid) and ``extra_segments`` (``(name, colour, mask)``;
     "Low confidence") as a DICOM SEG at ``path``, referencing the series whose headers
-    :func:`source_datasets` read (``sources``, in the volume's slice order). A labelmap on another
+    :func:`~medseg_core.io.dicom.source_datasets` read (``sources``, in the volume's slice order). A labelmap on another
     grid is an InputError."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -118,4 +95,36 @@ def write_dicom_seg(labels: sitk.Image, label_list: list[Label], sources, path: 
         manufacturer_model_name=model[:64], software_versions=f"medseg {__version__}", device_serial_number="0",
         series_description=f"{model} {version}"[:64], content_label="MEDSEG",
         content_description=f"Automatic segmentation by {model} {version}"[:64])
+    seg.CodingSchemeIdentificationSequence = [private_scheme_item()]  # "Low confidence" is coded in 99MEDSEG
     seg.save_as(str(path))
+
+
+def read_dicom_seg(path: Path, sources) -> dict[str, np.ndarray]:
+    """Each segment of a DICOM SEG on the series whose headers are ``sources`` (slice ``k`` from
+    ``sources[k]``): ``{segment label: bool array (k, j, i)}``, fractional segments taken at 0.5.
+    A SEG of another series or frame of reference is a one-line :class:`InputError`."""
+    require_highdicom()
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as error:  # pydicom and highdicom raise several kinds on a damaged or other file
+        raise InputError(f"{path}: cannot be read as a DICOM SEG ({str(error).splitlines()[0][:160]})") from None
+    series, frame = sources[0].SeriesInstanceUID, sources[0].FrameOfReferenceUID
+    referenced = {s.SeriesInstanceUID for s in seg.get("ReferencedSeriesSequence", [])}
+    if referenced and series not in referenced:
+        raise InputError(f"{path}: the SEG refers to series {sorted(referenced)[0]}, not to the image's "
+                         f"series {series}")
+    if seg.get("FrameOfReferenceUID") and seg.FrameOfReferenceUID != frame:
+        raise InputError(f"{path}: the SEG's frame of reference is not the image's ({frame})")
+    uids = [s.SOPInstanceUID for s in sources]
+    out = {}
+    for desc in seg.SegmentSequence:
+        try:
+            pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[int(desc.SegmentNumber)])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise InputError(f"{path}: segment {desc.SegmentLabel!r} cannot be placed on the series "
+                             f"({str(error).splitlines()[0][:160]})") from None
+        out[str(desc.SegmentLabel)] = np.asarray(pixels[..., 0]) >= 0.5
+    return out

@@ -18,6 +18,7 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "rois": "_rois.json",
     "rois_segmentation": "_rois.seg.nrrd",
     "dicom_seg": "_seg.dcm",
+    "dicom_rtstruct": "_rtstruct.dcm",
 }
 LABELS_SUFFIX = "_labels"  # ``STEM_labels.nii.gz``: what ``evaluate`` pairs with ``STEM.nii.gz``
 
@@ -47,7 +48,7 @@ def stem_of(path: str | Path) -> str:
 def output_paths(output_dir: str | Path, stem: str, confidence: bool = True, rois: bool = False,
                  dicom: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
     """The files ``segment`` writes for one input (confidence, regions and DICOM objects such as
-    ``dicom=["seg"]`` only when asked for).
+    ``dicom=["seg", "rtstruct"]`` only when asked for).
 
     >>> sorted(output_paths("out", "ct", confidence=False))
     ['labels', 'report', 'segmentation']

@@ -46,6 +46,18 @@ MODEL_REVIEW = ("99MEDSEG", "100", "Model review")
 LOW_CONFIDENCE_CODE = ("99MEDSEG", "101", "Low confidence")
 SMALL_ORGAN_REGION_CODE = ("99MEDSEG", "102", "Small-organ region")
 MODEL_LABEL_CODE = ("99MEDSEG", "103", "Model label")
+PRIVATE_SCHEME = "99MEDSEG"
+
+
+def private_scheme_item():
+    """The Coding Scheme Identification Sequence item that declares ``99MEDSEG`` in a DICOM object
+    using it (PS3.3 C.12.1.1.2)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator, item.CodingSchemeName = PRIVATE_SCHEME, "SlicerMedSeg model review codes"
+    item.CodingSchemeResponsibleOrganization = "SlicerMedSeg"
+    return item
 RIGHT = ("SCT", "24028007", "Right")
 LEFT = ("SCT", "7771000", "Left")
 
