@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the network: auto (OpenVINO on a CPU without native bf16 when it is "
                         "installed, else PyTorch), torch or openvino")
-    s.add_argument("--dicom", metavar="seg",
-                   help="for a DICOM series input, also write STEM_seg.dcm: a DICOM SEG that references the series")
+    s.add_argument("--dicom", metavar="seg,rtstruct",
+                   help="for a DICOM series input, also write STEM_seg.dcm (DICOM SEG) and/or STEM_rtstruct.dcm "
+                        "(RT Structure Set of the organs), referencing the series")
     s.add_argument("--progress", choices=["bar", "json", "none"], help=PROGRESS_HELP)
 
     r = sub.add_parser("refine", help="re-segment prompted organs of an existing result")
@@ -92,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--model", required=True, help="model name or package folder (never modified)")
     f.add_argument("--image", action="append", required=True, help="an image; repeat with --label per case")
     f.add_argument("--label", action="append", required=True,
-                   help="its corrected labelmap or .seg.nrrd (segments matched to the model's labels by name)")
+                   help="its corrected labelmap, .seg.nrrd (segments matched to the model's labels by name), or "
+                        "the RT Structure Set or DICOM SEG of a DICOM series --image (TG-263 names matched too)")
     f.add_argument("--steps", type=int, default=None,
                    help="training steps (default: 8 to 30, from the correction's size)")
     f.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")

@@ -6,6 +6,13 @@ label values, on the image's grid.
   annotated* in that case; a segment that is present but empty is annotated (the user affirms the
   structure is absent).
 * a plain labelmap's values are the model's values; the labels it holds are the annotated ones.
+* an RT Structure Set or a DICOM SEG from the planning system corrects the DICOM series it refers
+  to (the image must be that series' folder): its structures are matched to the model's labels by
+  :func:`~medseg_core.io.roi_names.match_rois` (TG-263 names and the usual synonyms; planning-risk
+  volumes, margins and helpers never), the others (the body, the targets, ...) are left out. A
+  structure a template listed but nobody drew (no contours) is not annotated. Where two matched
+  structures overlap, the smaller one keeps the voxels (clinical contours of neighbours often
+  overlap by a voxel; the small organ would otherwise lose a large part of itself).
 * a label on another grid than the image (Slicer saves cropped segmentations) is resampled onto the
   image grid, nearest neighbour.
 """
@@ -38,11 +45,55 @@ def same_grid(a, b) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
 
 
-def read_correction(path: str | Path, reference, card, strict: bool = True):
+def is_dicom_object(path: Path) -> bool:
+    """A single DICOM file (an RT Structure Set, a SEG), by its preamble's ``DICM``."""
+    try:
+        with open(path, "rb") as f:
+            return Path(path).is_file() and f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_dicom_correction(path: Path, image, reference, card):
+    import pydicom
+
+    from .dicom import dicom_series_files, source_datasets
+    from .roi_names import match_rois
+
+    if image is None or not Path(image).is_dir():
+        raise InputError(f"{path}: a DICOM structure set or SEG corrects a DICOM series: give the series' folder as "
+                         f"the image{f', not {image}' if image is not None else ''}")
+    sources = source_datasets(Path(image), dicom_series_files(Path(image)))
+    modality = pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")
+    if modality == "RTSTRUCT":
+        from .rtstruct import read_rtstruct
+
+        masks = read_rtstruct(path, sources, reference)
+    elif modality == "SEG":
+        from .dicom_seg import read_dicom_seg
+
+        masks = read_dicom_seg(path, sources)
+    else:
+        raise InputError(f"{path}: is a DICOM {modality or 'file'}, not an RT Structure Set or a DICOM SEG")
+    matched = match_rois(masks, card.labels)
+    if not matched:
+        raise InputError(f"{path}: none of its structures ({', '.join(sorted(masks))[:200]}) is a label of model "
+                         f"{card.name} ({_label_names(card)})")
+    values = {lab.value for lab in card.labels}
+    out = np.zeros(masks[next(iter(matched))].shape, dtype=np.uint8 if max(values) < 256 else np.uint16)
+    for name in sorted(matched, key=lambda n: -int(masks[n].sum())):  # the smaller structure keeps an overlap
+        out[masks[name]] = matched[name]
+    lab = sitk.GetImageFromArray(out)
+    lab.CopyInformation(reference)
+    return lab, sorted(set(matched.values()))
+
+
+def read_correction(path: str | Path, reference, card, strict: bool = True, image: str | Path | None = None):
     """A corrected label as a labelmap of the model's values on ``reference``'s grid.
 
     ``strict`` (fine-tuning): a segment whose name is not a model label, and a label holding none
-    of the model's labels, are errors. Otherwise (a refine's current labels) such segments, the
+    of the model's labels, are errors. An RT Structure Set or DICOM SEG needs ``image``, the
+    series' folder it refers to (``reference`` read from it). Otherwise (a refine's current labels) such segments, the
     "Low confidence" layer among them, are left out and an empty label is fine.
 
     Returns:
@@ -53,6 +104,8 @@ def read_correction(path: str | Path, reference, card, strict: bool = True):
             that holds none of the model's labels.
     """
     path = Path(path)
+    if is_dicom_object(path):
+        return _read_dicom_correction(path, image, reference, card)
     by_name = {name_key(lab.name): lab.value for lab in card.labels}
     img, segments = read_segmentation(path, keep=None if strict else (lambda name: name_key(name) in by_name))
     arr = sitk.GetArrayFromImage(img)

@@ -283,7 +283,7 @@ def _prepare(pred: Predictor, cases, report) -> list[_Case]:
     for k, (img_path, lab_path) in enumerate(cases):
         report("prepare", k / len(cases), f"reading {img_path.name}")
         images = read_channels(img_path, len(card.channels))
-        label, annotated = read_correction(lab_path, images[0], card)
+        label, annotated = read_correction(lab_path, images[0], card, image=img_path)
         pre = pred.preprocessor(images, label)
         out.append(_Case(pre.image, pre.label, annotated, {
             "image": str(img_path.resolve()), "label": str(lab_path.resolve()),
