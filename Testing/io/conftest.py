@@ -1,5 +1,6 @@
-"""One ``medseg segment --dicom seg,rtstruct`` run per patient position, shared by the DICOM SEG and
-RT Structure Set tests."""
+"""One ``medseg segment --dicom seg,rtstruct`` run per patient position, shared by the DICOM SEG, RT
+Structure Set and DICOM correction tests: ``written`` runs a test on both positions, ``written_hfs``
+on the head-first one (refusals and command lines, whose geometry the round trips already cover)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,30 @@ import pytest
 
 from dicom_outputs import FEET_FIRST, HEAD_FIRST, dicom_series
 
+_RUNS: dict = {}
 
-@pytest.fixture(scope="session", params=[(HEAD_FIRST, "HFS"), (FEET_FIRST, "FFS")], ids=["head-first", "feet-first"])
+
+def _run(position: str, tmp_path_factory):
+    if position not in _RUNS:
+        pytest.importorskip("highdicom", reason="highdicom is optional (pip install -e .[dicom]); without it "
+                                                "medseg writes no DICOM SEG")
+        from medseg_core.segment import segment_files
+
+        tmp = tmp_path_factory.mktemp(f"dicom_out_{position}")
+        folder = dicom_series(tmp, HEAD_FIRST if position == "HFS" else FEET_FIRST, position)
+        report = segment_files([folder], "phantom-unet", tmp / "out", device="cpu", dicom=["seg", "rtstruct"],
+                               runtime="torch")[0]
+        _RUNS[position] = (folder, tmp / "out", report)
+    return _RUNS[position]
+
+
+@pytest.fixture(scope="session", params=["HFS", "FFS"], ids=["head-first", "feet-first"])
 def written(request, tmp_path_factory):
     """``(series folder, output folder, report)`` of the phantom model on a synthetic series."""
-    pytest.importorskip("highdicom", reason="highdicom is optional (pip install -e .[dicom]); without it medseg "
-                                            "writes no DICOM SEG")
-    from medseg_core.segment import segment_files
+    return _run(request.param, tmp_path_factory)
 
-    tmp = tmp_path_factory.mktemp("dicom_out")
-    folder = dicom_series(tmp, *request.param)
-    report = segment_files([folder], "phantom-unet", tmp / "out", device="cpu", dicom=["seg", "rtstruct"],
-                           runtime="torch")[0]
-    return folder, tmp / "out", report
+
+@pytest.fixture(scope="session")
+def written_hfs(tmp_path_factory):
+    """``written`` for the head-first series only."""
+    return _run("HFS", tmp_path_factory)

@@ -102,16 +102,16 @@ def test_a_planning_systems_structure_set_is_matched_by_name(written, tmp_path):
     assert annotated == sorted(value[n] for n in ("Liver", "SpinalCord", "LeftGland", "RightGland"))
 
 
-def test_where_two_structures_overlap_the_smaller_keeps_the_voxels(written, tmp_path):
+def test_where_two_structures_overlap_the_smaller_keeps_the_voxels(written_hfs, tmp_path):
     card = find_model(MODEL).card
     value = {lab.name: lab.value for lab in card.labels}
-    rt = pydicom.dcmread(written[2]["outputs"]["dicom_rtstruct"])
+    rt = pydicom.dcmread(written_hfs[2]["outputs"]["dicom_rtstruct"])
     names = [r.ROIName for r in rt.StructureSetROISequence]
     liver, tumour = rt.ROIContourSequence[names.index("Liver")], rt.ROIContourSequence[names.index("Tumour")]
     liver.ContourSequence.extend(copy.deepcopy(list(tumour.ContourSequence)))  # the liver drawn over its tumour
     rt.save_as(tmp_path / "overlap.dcm")
-    got, _ = _read(written, tmp_path / "overlap.dcm")
-    np.testing.assert_array_equal(got, _labels(written))  # the tumour kept every voxel
+    got, _ = _read(written_hfs, tmp_path / "overlap.dcm")
+    np.testing.assert_array_equal(got, _labels(written_hfs))  # the tumour kept every voxel
     assert (got == value["Tumour"]).sum() > 50
 
 
@@ -124,7 +124,7 @@ def _refused(written, tmp_path, change, match: str):
     assert "\n" not in str(error.value) and str(tmp_path / "bad.dcm") in str(error.value)
 
 
-def test_a_structure_set_of_another_series_or_frame_is_refused(written, tmp_path):
+def test_a_structure_set_of_another_series_or_frame_is_refused(written_hfs, tmp_path):
     def other_series(rt):
         rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0] \
             .SeriesInstanceUID = "1.2.3.4"
@@ -132,11 +132,11 @@ def test_a_structure_set_of_another_series_or_frame_is_refused(written, tmp_path
     def other_frame(rt):
         rt.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = "1.2.3.5"
 
-    _refused(written, tmp_path, other_series, "refers to series 1.2.3.4, not to the image's series")
-    _refused(written, tmp_path, other_frame, "frame of reference is not the image's")
+    _refused(written_hfs, tmp_path, other_series, "refers to series 1.2.3.4, not to the image's series")
+    _refused(written_hfs, tmp_path, other_frame, "frame of reference is not the image's")
 
 
-def test_a_structure_set_without_contours_or_off_the_slices_is_refused(written, tmp_path):
+def test_a_structure_set_without_contours_or_off_the_slices_is_refused(written_hfs, tmp_path):
     def no_contours(rt):
         for c in rt.ROIContourSequence:
             del c.ContourSequence
@@ -148,29 +148,29 @@ def test_a_structure_set_without_contours_or_off_the_slices_is_refused(written, 
     def not_a_structure_set(rt):
         rt.Modality = "RTPLAN"
 
-    _refused(written, tmp_path, no_contours, "holds no contours")
-    _refused(written, tmp_path, between_slices, "lies off the series' slices")
-    _refused(written, tmp_path, not_a_structure_set, "is a DICOM RTPLAN, not an RT Structure Set")
+    _refused(written_hfs, tmp_path, no_contours, "holds no contours")
+    _refused(written_hfs, tmp_path, between_slices, "lies off the series' slices")
+    _refused(written_hfs, tmp_path, not_a_structure_set, "is a DICOM RTPLAN, not an RT Structure Set")
 
 
-def test_a_structure_set_needs_its_series_folder_as_the_image(written, tmp_path):
+def test_a_structure_set_needs_its_series_folder_as_the_image(written_hfs, tmp_path):
     from medseg_core.io.corrections import read_correction
     from medseg_core.io.dicom import read_dicom_folder
 
-    image = read_dicom_folder(written[0])
+    image = read_dicom_folder(written_hfs[0])
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
     with pytest.raises(InputError, match=r"rtstruct\.dcm: a DICOM structure set or SEG corrects a DICOM series"):
-        read_correction(written[2]["outputs"]["dicom_rtstruct"], image, find_model(MODEL).card,
+        read_correction(written_hfs[2]["outputs"]["dicom_rtstruct"], image, find_model(MODEL).card,
                         image=tmp_path / "ct.nii.gz")
 
 
-def test_a_series_mixing_frames_of_reference_is_refused(written, tmp_path):
+def test_a_series_mixing_frames_of_reference_is_refused(written_hfs, tmp_path):
     import shutil
 
     from medseg_core.io.dicom import dicom_series_files, source_datasets
 
     folder = tmp_path / "mixed"
-    shutil.copytree(written[0], folder)
+    shutil.copytree(written_hfs[0], folder)
     last = sorted(folder.iterdir())[-1]
     ds = pydicom.dcmread(last)
     ds.FrameOfReferenceUID = "1.2.3.6"
@@ -179,10 +179,10 @@ def test_a_series_mixing_frames_of_reference_is_refused(written, tmp_path):
         source_datasets(folder, dicom_series_files(folder))
 
 
-def test_finetune_learns_from_a_structure_set_from_the_command_line(written):
+def test_finetune_learns_from_a_structure_set_from_the_command_line(written_hfs):
     from medseg_core.cli import main
 
-    folder, _, report = written
+    folder, _, report = written_hfs
     assert main(["finetune", "--model", MODEL, "--image", str(folder), "--label", report["outputs"]["dicom_rtstruct"],
                  "--steps", "1", "--name", "phantom-from-rt", "--device", "cpu", "--progress", "none"]) == 0
     card = find_model("phantom-from-rt").card
@@ -190,9 +190,9 @@ def test_finetune_learns_from_a_structure_set_from_the_command_line(written):
     assert case["label"].endswith("_rtstruct.dcm") and len(case["labels_trained"]) >= 3
 
 
-def test_a_seg_of_another_series_is_refused(written, tmp_path):
-    seg = pydicom.dcmread(written[2]["outputs"]["dicom_seg"])
+def test_a_seg_of_another_series_is_refused(written_hfs, tmp_path):
+    seg = pydicom.dcmread(written_hfs[2]["outputs"]["dicom_seg"])
     seg.ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.7"
     seg.save_as(tmp_path / "other_seg.dcm")
     with pytest.raises(InputError, match=r"other_seg\.dcm: the SEG refers to series 1\.2\.3\.7, not to the image's"):
-        _read(written, tmp_path / "other_seg.dcm")
+        _read(written_hfs, tmp_path / "other_seg.dcm")

@@ -129,10 +129,10 @@ def test_blank_sop_uids_are_taken_from_the_file_meta_group(tmp_path):
     assert uid in got and "" not in got
 
 
-def test_the_command_line_writes_the_seg_and_refuses_what_it_cannot(written, tmp_path, capsys, monkeypatch):
+def test_the_command_line_writes_the_seg_and_refuses_what_it_cannot(written_hfs, tmp_path, capsys, monkeypatch):
     from medseg_core.cli import main
 
-    folder = written[0]
+    folder = written_hfs[0]
     assert main(["segment", str(folder), "--model", MODEL, "--output", str(tmp_path / "o"), "--dicom", "seg",
                  "--device", "cpu", "--no-confidence", "--progress", "none"]) == 0
     assert (tmp_path / "o" / f"{folder.name}_seg.dcm").is_file()
