@@ -56,24 +56,22 @@ def polygons_to_mask(rings, shape: tuple[int, int]) -> np.ndarray:
            [0, 0, 0]])
     """
     rows, cols = shape
-    out = np.zeros(shape, dtype=bool)
-    edges = []
-    for ring in rings:
-        p = np.asarray(ring, dtype=np.float64)
-        if len(p) >= 3:
-            edges.append(np.concatenate([p, np.roll(p, -1, axis=0)], axis=1))
+    edges = [np.concatenate([p, np.roll(p, -1, axis=0)], axis=1)
+             for p in (np.asarray(r, dtype=np.float64) for r in rings) if len(p) >= 3]
     if not edges:
-        return out
+        return np.zeros(shape, dtype=bool)
     x0, y0, x1, y1 = np.concatenate(edges).T
     keep = y0 != y1  # a horizontal edge crosses no row of centres
     x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
-    lo, hi = max(int(np.ceil(min(y0.min(), y1.min()))), 0), min(int(np.floor(max(y0.max(), y1.max()))), rows - 1)
-    centres = np.arange(cols, dtype=np.float64)
-    for j in range(lo, hi + 1):
-        crossing = (y0 <= j) != (y1 <= j)  # half-open, so a vertex on the row is counted once
-        if not crossing.any():
-            continue
-        xs = np.sort(x0[crossing] + (j - y0[crossing]) * (x1[crossing] - x0[crossing]) /
-                     (y1[crossing] - y0[crossing]))
-        out[j] = (len(xs) - np.searchsorted(xs, centres, side="right")) % 2 == 1
-    return out
+    # an edge crosses the rows j with min(y) <= j < max(y) (half-open: a vertex on a row counts once)
+    first = np.clip(np.ceil(np.minimum(y0, y1)), 0, rows).astype(np.int64)
+    stop = np.clip(np.ceil(np.maximum(y0, y1)), 0, rows).astype(np.int64)
+    count = np.maximum(stop - first, 0)
+    edge = np.repeat(np.arange(len(x0)), count)
+    j = np.repeat(first, count) + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    x = x0[edge] + (j - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    # a crossing at x flips every centre i > x; a row's crossings are even in number, so the
+    # centres right of an odd number of them are those left of an odd number
+    toggles = np.zeros((rows, cols + 1), dtype=np.int32)
+    np.add.at(toggles, (j, np.clip(np.floor(x).astype(np.int64) + 1, 0, cols)), 1)
+    return (np.cumsum(toggles, axis=1)[:, :cols] % 2) == 1

@@ -53,8 +53,36 @@ def _grid(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return m, np.asarray(image.GetOrigin(), dtype=np.float64)
 
 
-def _ds(value: float) -> str:
-    return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) >= 5e-5 else "0"
+CONTOUR_DATA = 0x30060050
+CHARACTER_SET = "ISO_IR 192"  # UTF-8: names are copied from the source
+
+
+def _set_contour_data(item, xyz: np.ndarray) -> None:
+    """Contour Data as the encoded text it is (DS, ``x\\y\\z\\...``, mm to 1 um): pydicom would make and
+    check an object per number, three quarters of the time of writing a full-size CT's contours."""
+    from pydicom.charset import default_encoding
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    text = "\\".join(map("{:.3f}".format, xyz.ravel().tolist())).encode("ascii")
+    text += b" " * (len(text) % 2)  # even length
+    item[CONTOUR_DATA] = RawDataElement(Tag(CONTOUR_DATA), "DS", len(text), text, 0, False, True, True, False)
+    # as if read in the encoding pydicom gives an item built in memory, so that it writes the text as it is
+    item.set_original_encoding(False, True, default_encoding)
+
+
+def _contour_data(item) -> np.ndarray:
+    """Contour Data as an ``(N, 3)`` array, parsed by numpy from the encoded text when pydicom has
+    not converted it yet (a few hundred thousand numbers in a full-size CT's structure set)."""
+    raw = item.get_item(CONTOUR_DATA)
+    if raw is None:
+        return np.zeros((0, 3))
+    value = raw.value
+    if isinstance(value, (bytes, bytearray)):
+        values = np.array(value.decode("ascii").strip(" \0").split("\\"), dtype=np.float64)
+    else:  # already converted (a data set built in memory)
+        values = np.asarray(item.ContourData, dtype=np.float64)
+    return values.reshape(-1, 3)
 
 
 def _code_item(triple):
@@ -83,7 +111,7 @@ def _header(first, model: str, version: str):
     ds.file_meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names are copied from the source
+    ds.SpecificCharacterSet = CHARACTER_SET
     ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     for attr in _COPIED:  # patient and general study modules (type 2: present, empty where unknown)
@@ -171,7 +199,7 @@ def write_rtstruct(labels: sitk.Image, label_list: list[Label], sources, path: P
                 c.ContourImageSequence = _seq(image)
                 c.ContourGeometricType, c.NumberOfContourPoints = "CLOSED_PLANAR", len(ring)
                 c.ContourNumber = len(items) + 1
-                c.ContourData = [_ds(v) for v in xyz.ravel()]
+                _set_contour_data(c, xyz)
                 items.append(c)
         roi_contour = Dataset()
         roi_contour.ROIDisplayColor = [int(round(255 * c)) for c in lab.color]
@@ -234,7 +262,7 @@ def read_rtstruct(path: Path, sources, reference: sitk.Image) -> dict[str, np.nd
             for image in c.get("ContourImageSequence", []):
                 if image.ReferencedSOPInstanceUID not in instances:
                     raise InputError(f"{path}: a contour of {name!r} refers to an image that is not in the series")
-            xyz = np.asarray(c.ContourData, dtype=np.float64).reshape(-1, 3)
+            xyz = _contour_data(c)
             ijk = (xyz - origin) @ to_index.T
             k = int(round(float(ijk[0, 2])))
             if not (0 <= k < depth) or np.abs(ijk[:, 2] - k).max() > 0.05:
