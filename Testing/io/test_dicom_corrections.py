@@ -6,6 +6,7 @@ contour off the slices, is one line."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,11 @@ def test_a_structure_set_without_contours_or_off_the_slices_is_refused(written_h
         rt.Modality = "RTPLAN"
 
     _refused(written_hfs, tmp_path, no_contours, "holds no contours")
+    cut = Path(written_hfs[2]["outputs"]["dicom_rtstruct"]).read_bytes()
+    (tmp_path / "bad.dcm").write_bytes(cut[:len(cut) // 2])  # a damaged copy, cut in the middle
+    with pytest.raises(InputError, match=r"bad\.dcm: (cannot be read as DICOM|the structure set is damaged)") as e:
+        _read(written_hfs, tmp_path / "bad.dcm")
+    assert "\n" not in str(e.value)
     _refused(written_hfs, tmp_path, between_slices, "lies off the series' slices")
     _refused(written_hfs, tmp_path, not_a_structure_set, "is a DICOM RTPLAN, not an RT Structure Set")
 

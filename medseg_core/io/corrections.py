@@ -64,7 +64,10 @@ def _read_dicom_correction(path: Path, image, reference, card):
         raise InputError(f"{path}: a DICOM structure set or SEG corrects a DICOM series: give the series' folder as "
                          f"the image{f', not {image}' if image is not None else ''}")
     sources = source_datasets(Path(image), dicom_series_files(Path(image)))
-    modality = pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")
+    try:
+        modality = pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")
+    except Exception as error:  # pydicom raises several kinds on a damaged file
+        raise InputError(f"{path}: cannot be read as DICOM ({str(error).splitlines()[0][:160]})") from None
     if modality == "RTSTRUCT":
         from .rtstruct import read_rtstruct
 

@@ -239,6 +239,17 @@ def read_rtstruct(path: Path, sources, reference: sitk.Image) -> dict[str, np.nd
         raise InputError(f"{path}: cannot be read as DICOM ({error})") from None
     if ds.get("Modality") != "RTSTRUCT" or "ROIContourSequence" not in ds:
         raise InputError(f"{path}: is not an RT Structure Set (modality {ds.get('Modality', 'none')})")
+    try:
+        out = _filled(path, ds, sources, reference)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:  # a damaged or cut file
+        raise InputError(f"{path}: the structure set is damaged or incomplete ({str(error).splitlines()[0][:120]})") \
+            from None
+    if not out:
+        raise InputError(f"{path}: the structure set holds no contours")
+    return out
+
+
+def _filled(path: Path, ds, sources, reference: sitk.Image) -> dict[str, np.ndarray]:
     series, frame = sources[0].SeriesInstanceUID, sources[0].FrameOfReferenceUID
     referenced = _referenced_series(ds)
     if referenced and series not in referenced:
@@ -273,6 +284,4 @@ def read_rtstruct(path: Path, sources, reference: sitk.Image) -> dict[str, np.nd
             for k, polys in rings.items():
                 mask[k] = polygons_to_mask(polys, shape)
             out[name] = out[name] | mask if name in out else mask
-    if not out:
-        raise InputError(f"{path}: the structure set holds no contours")
     return out
