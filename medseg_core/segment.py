@@ -41,7 +41,8 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         read_images: ``(path, n_channels) -> images`` (default ``io.read_channels``); the worker
             passes the one that keeps recent images, so a refine after it reads nothing.
         runtime: what runs the network's windows (see :mod:`.inference.runtime`).
-        dicom: DICOM objects to write too (``["seg"]``); every input must then be a DICOM series.
+        dicom: DICOM objects to write too (``["seg", "rtstruct"]``); every input must then be a DICOM
+            series.
     """
     from .inference.postprocess import postprocess, small_organs
     from .inference.predictor import Predictor
@@ -51,7 +52,6 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
 
     report_cb = progress or (lambda *a, **k: None)
     inputs, stems = _check_inputs(inputs)
-    sources = _dicom_sources(inputs, dicom)
     package = predictor.package if predictor is not None else find_model(model)
     card = package.card
     plan = {s: output_paths(Path(output_dir), s, confidence, bool(small_organs(card)), dicom) for s in stems}
@@ -63,6 +63,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
     first = read(inputs[0], len(card.channels))
     for other in inputs[1:]:
         read(other, len(card.channels))
+    sources = _dicom_sources(inputs, dicom)  # each series' headers, once its files were checked by the read
     t0 = time.perf_counter()
     report_cb("load", 0.0, f"loading {card.name}")
     pred = predictor or Predictor(package, device=device, batch_size=batch_size, progress=report_cb, runtime=runtime)
@@ -138,8 +139,8 @@ def _predict(pred, images, path: Path, tta: bool, confidence: bool, roi_mm):
 
 
 def _dicom_sources(inputs: list[Path], dicom) -> dict:
-    """For ``--dicom``: each input's series headers, read and checked once before any work (a file
-    input, or a series a SEG cannot reference, stops the run here)."""
+    """For ``--dicom``: each input's series headers, read once before any work, after the read that
+    checked the series (a file input, or a series a SEG cannot reference, stops the run here)."""
     if not dicom:
         return {}
     from .io.dicom import dicom_series_files, source_datasets
@@ -154,7 +155,7 @@ def _dicom_sources(inputs: list[Path], dicom) -> dict:
     for p in inputs:
         if not p.is_dir():
             raise InputError(f"{p}: --dicom {','.join(dicom)} needs a DICOM series folder as input, not a file")
-        out[p] = source_datasets(p, dicom_series_files(p))
+        out[p] = source_datasets(p, dicom_series_files(p, check=False))
     return out
 
 

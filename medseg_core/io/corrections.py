@@ -63,9 +63,9 @@ def _read_dicom_correction(path: Path, image, reference, card):
     if image is None or not Path(image).is_dir():
         raise InputError(f"{path}: a DICOM structure set or SEG corrects a DICOM series: give the series' folder as "
                          f"the image{f', not {image}' if image is not None else ''}")
-    sources = source_datasets(Path(image), dicom_series_files(Path(image)))
-    try:
-        modality = pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")
+    sources = source_datasets(Path(image), dicom_series_files(Path(image), check=False))  # read: checked
+    try:  # the modality only: the object itself is read once, by its reader
+        modality = pydicom.dcmread(path, specific_tags=["Modality"]).get("Modality", "")
     except Exception as error:  # pydicom raises several kinds on a damaged file
         raise InputError(f"{path}: cannot be read as DICOM ({str(error).splitlines()[0][:160]})") from None
     if modality == "RTSTRUCT":

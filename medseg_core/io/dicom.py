@@ -31,9 +31,10 @@ def read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputError(f"{folder}: cannot read the DICOM series ({sitk_error_detail(error)})") from None
 
 
-def dicom_series_files(folder: Path) -> list[str]:
+def dicom_series_files(folder: Path, check: bool = True) -> list[str]:
     """The files of the folder's series with the most files, in the order of the volume's slices
-    (what :func:`read_dicom_folder` reads, slice k of the volume from file k), checked complete."""
+    (what :func:`read_dicom_folder` reads, slice k of the volume from file k), checked complete
+    (``check=False``: where :func:`read_dicom_folder` has just checked the folder)."""
     reader = sitk.ImageSeriesReader()
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr when no series is found
@@ -48,7 +49,8 @@ def dicom_series_files(folder: Path) -> list[str]:
     if not series:
         raise InputError(f"{folder}: is a folder with no DICOM series in it")
     files = max(series, key=len)
-    check_dicom_series(folder, files, [f for s in series for f in s])
+    if check:
+        check_dicom_series(folder, files, [f for s in series for f in s])
     return list(files)
 
 
@@ -82,6 +84,29 @@ def source_datasets(folder: Path, files: list[str]):
                                  f"{Path(files[0]).name})")
         out.append(ds)
     return out
+
+
+MANUFACTURER = "SlicerMedSeg"
+"""The manufacturer the DICOM objects medseg writes give (SEG, RT Structure Set)."""
+
+
+def check_series_grid(shape: tuple[int, ...], sources) -> None:
+    """A labelmap of ``shape`` (z, y, x) must lie on the series whose headers are ``sources``
+    (slice k from ``sources[k]``) to be written as a DICOM object referencing it."""
+    first = sources[0]
+    if tuple(shape) != (len(sources), int(first.Rows), int(first.Columns)):
+        raise InputError(f"{getattr(first, 'filename', 'the series')}: the series has {len(sources)} slices of "
+                         f"{first.Rows} x {first.Columns}, the result {tuple(shape)}: it is not on the series' grid")
+
+
+def check_references(path: Path, what: str, series: set[str], frames: set[str], sources) -> None:
+    """A DICOM object read as a correction (``what``: "the SEG", "the structure set") must refer to
+    the image's series and frame of reference, where it names them (``series``, ``frames``)."""
+    if series and sources[0].SeriesInstanceUID not in series:
+        raise InputError(f"{path}: {what} refers to series {sorted(series)[0]}, not to the image's series "
+                         f"{sources[0].SeriesInstanceUID}")
+    if frames and sources[0].FrameOfReferenceUID not in frames:
+        raise InputError(f"{path}: {what}'s frame of reference is not the image's ({sources[0].FrameOfReferenceUID})")
 
 
 def check_dicom_series(folder: Path, files: list[str], in_any_series: list[str]) -> None:

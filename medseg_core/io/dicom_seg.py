@@ -23,9 +23,9 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import Label
+from .dicom import MANUFACTURER, check_references, check_series_grid
 from .terminology import private_scheme_item, segment_terminology
 
-MANUFACTURER = "SlicerMedSeg"
 
 
 def require_highdicom() -> None:
@@ -73,10 +73,7 @@ def write_dicom_seg(labels: sitk.Image, label_list: list[Label], sources, path: 
 
     arr = sitk.GetArrayFromImage(labels)
     first = sources[0]
-    if arr.shape != (len(sources), int(first.Rows), int(first.Columns)):
-        where = getattr(first, "filename", "the series")
-        raise InputError(f"{where}: the series has {len(sources)} slices of {first.Rows} x "
-                         f"{first.Columns}, the result {arr.shape}: it is not on the series' grid")
+    check_series_grid(arr.shape, sources)
     algorithm = hd.AlgorithmIdentificationSequence(name=model, family=codes.cid7162.ArtificialIntelligence,
                                                    version=version)
     layers, descriptions = [], []
@@ -111,13 +108,8 @@ def read_dicom_seg(path: Path, sources) -> dict[str, np.ndarray]:
         seg = hd.seg.segread(str(path))
     except Exception as error:  # pydicom and highdicom raise several kinds on a damaged or other file
         raise InputError(f"{path}: cannot be read as a DICOM SEG ({str(error).splitlines()[0][:160]})") from None
-    series, frame = sources[0].SeriesInstanceUID, sources[0].FrameOfReferenceUID
-    referenced = {s.SeriesInstanceUID for s in seg.get("ReferencedSeriesSequence", [])}
-    if referenced and series not in referenced:
-        raise InputError(f"{path}: the SEG refers to series {sorted(referenced)[0]}, not to the image's "
-                         f"series {series}")
-    if seg.get("FrameOfReferenceUID") and seg.FrameOfReferenceUID != frame:
-        raise InputError(f"{path}: the SEG's frame of reference is not the image's ({frame})")
+    check_references(path, "the SEG", {s.SeriesInstanceUID for s in seg.get("ReferencedSeriesSequence", [])},
+                     {seg.FrameOfReferenceUID} if seg.get("FrameOfReferenceUID") else set(), sources)
     uids = [s.SOPInstanceUID for s in sources]
     out = {}
     for desc in seg.SegmentSequence:

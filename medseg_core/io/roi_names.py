@@ -53,9 +53,8 @@ def is_derived(name: str) -> bool:
     >>> [is_derived(n) for n in ("SpinalCord_PRV", "Cord+5mm", "z_Ring", "opt_Parotid_L", "Parotid_L", "Brainstem")]
     [True, True, True, True, False, False]
     """
-    if str(name).strip().lower().startswith("z"):  # TG-263: names starting with z are not for reporting
-        if str(name).strip()[:2].lower() in ("z_", "z ", "z-") or re.match(r"^z[A-Z]", str(name).strip()):
-            return True
+    if re.match(r"\s*([zZ][_ -]|z[A-Z])", str(name)):  # TG-263: "z_Ring", "zPTVopt" are not for reporting
+        return True
     if re.search(r"[+-]\s*\d", str(name)) or "prv" in name_key(name):  # "Cord+5mm", "Parotid-3", "CordPRV5"
         return True
     return any(_DERIVED_TOKENS.match(t) for t in _tokens(name))

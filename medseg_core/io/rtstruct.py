@@ -28,10 +28,10 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..labels import Label
 from .contours import mask_to_polygons, polygons_to_mask
+from .dicom import MANUFACTURER, check_references, check_series_grid
 from .terminology import PRIVATE_SCHEME, private_scheme_item, segment_terminology
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
-MANUFACTURER = "SlicerMedSeg"
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
            "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 _TARGETS = ("GTV", "CTV", "ITV", "PTV")
@@ -165,9 +165,7 @@ def write_rtstruct(labels: sitk.Image, label_list: list[Label], sources, path: P
 
     arr = sitk.GetArrayViewFromImage(labels)
     first = sources[0]
-    if arr.shape != (len(sources), int(first.Rows), int(first.Columns)):
-        raise InputError(f"{getattr(first, 'filename', 'the series')}: the series has {len(sources)} slices of "
-                         f"{first.Rows} x {first.Columns}, the result {arr.shape}: it is not on the series' grid")
+    check_series_grid(arr.shape, sources)
     m, origin = _grid(labels)
     ds = _header(first, model, version)
     ds.ReferencedFrameOfReferenceSequence = _seq(_referenced_frame(sources))
@@ -250,14 +248,8 @@ def read_rtstruct(path: Path, sources, reference: sitk.Image) -> dict[str, np.nd
 
 
 def _filled(path: Path, ds, sources, reference: sitk.Image) -> dict[str, np.ndarray]:
-    series, frame = sources[0].SeriesInstanceUID, sources[0].FrameOfReferenceUID
-    referenced = _referenced_series(ds)
-    if referenced and series not in referenced:
-        raise InputError(f"{path}: the structure set refers to series {sorted(referenced)[0]}, not to the image's "
-                         f"series {series}")
-    frames = {f.FrameOfReferenceUID for f in ds.get("ReferencedFrameOfReferenceSequence", [])}
-    if frames and frame not in frames:
-        raise InputError(f"{path}: the structure set's frame of reference is not the image's ({frame})")
+    check_references(path, "the structure set", _referenced_series(ds),
+                     {f.FrameOfReferenceUID for f in ds.get("ReferencedFrameOfReferenceSequence", [])}, sources)
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
     m, origin = _grid(reference)
     to_index = np.linalg.inv(m)

@@ -36,7 +36,7 @@ class Finetune(DiceCE):
         self.frozen = list(net.encoder_modules()) if self.freeze_encoder else []
         for module in self.frozen:
             module.requires_grad_(False)
-        self._trained = [p for p in net.parameters() if p.requires_grad]
+        self._trained = self.parameters(net)
         self._start = [p.detach().clone() for p in self._trained] if self.anchor > 0 else []
 
     def parameters(self, net):
