@@ -128,7 +128,7 @@ def test_init_from_starts_at_the_parents_weights_and_records_it(phantom_dataset,
     parent = find_model(str(tmp_path / "A"))
     # with a learning rate of 0 the child is its parent, whatever the (new) augmentation does
     child_cfg = tiny_config(steps=4, val_every=4, lr=0.0, init_from=str(tmp_path / "A"), version="1.1.0",
-                            augment_kwargs={"affine_p": 1.0, "blur_p": 1.0})
+                            augment_kwargs={"affine_p": 1.0, "blur_p": 1.0}, resample_oblique=True)
     train(child_cfg, tmp_path / "b", data_dir=phantom_dataset, output=tmp_path / "B", **quiet)
     child = find_model(str(tmp_path / "B"))
     a, b = parent.load_state_dict(), child.load_state_dict()
@@ -136,6 +136,8 @@ def test_init_from_starts_at_the_parents_weights_and_records_it(phantom_dataset,
     assert child.card.parent["name"] == "tiny-phantom" and child.card.parent["version"] == "1.0.0"
     assert child.card.parent["weights_sha256"] == parent.card.weights.sha256
     assert child.card.training["config"]["augment_kwargs"] == {"affine_p": 1.0, "blur_p": 1.0}
+    # the config's straightening of oblique grids reaches the card (the cache's key leaves it out)
+    assert child.card.preprocessing.resample_oblique and not parent.card.preprocessing.resample_oblique
     other = tiny_config(steps=2, init_from=str(tmp_path / "A"),
                         network={"name": "unet", "kwargs": {"spatial_dims": 3, "features": [8, 16, 64]}})
     with pytest.raises(ModelError, match="init_from weights do not fit"):

@@ -173,7 +173,9 @@ class Trainer:
         self.label_items = sorted(((v, k) for k, v in ds["labels"].items() if v != 0))
         self.n_cls = 1 + len(self.label_items)
         norm = normalization_for(index, self.cache_dir, self.train_cases)
-        self.pre = PreprocessConfig.from_dict({**index["preprocessing"], "normalization": norm})
+        # the cache key leaves out what only inference does (straightening an oblique grid)
+        self.pre = PreprocessConfig.from_dict({**index["preprocessing"], "normalization": norm,
+                                               "resample_oblique": cfg.resample_oblique})
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         my_cases = dd.shard(self.train_cases, info) or self.train_cases
