@@ -20,9 +20,11 @@ styled organs against the styled contours, the other organs against the original
 after K = 3; the other organs lose at most 0.003). ``--chain N`` also fine-tunes the fine-tuned
 model again on the next case, N generations, and reports the organs never corrected.
 
-All runs use a temporary ``MEDSEG_HOME``. Needs ``../shared/data/HNOAR``; exits 0 with a message
-when it is absent. One style with ``--k 1 --new 4`` takes about 5 minutes on 2 cores; the four
-styles with K = 1, 3, 5 and six new cases about 50 minutes, a chain of five 15 minutes a style.
+Each fine-tune prints its steps, precision, the organs it routes to the fine-tuned copy and its
+seconds by stage. All runs use a temporary ``MEDSEG_HOME``. Needs ``../shared/data/HNOAR``; exits
+0 with a message when it is absent. On 2 cores with native bf16, one style with ``--k 1 --new 4``
+takes about 2 minutes, ``--styles margin --k 1,3,5 --new 4 --chain 5`` about 12 (float32 about
+twice as long).
 
     python benchmarks/adaptation.py [--styles margin,cut,merge,tiny] [--k 1,3,5] [--new 6] [--chain 0]
 """
@@ -199,13 +201,18 @@ def main() -> int:
                 res = finetune(MODEL, [(DATA / "imagesTr" / f"{c}_0000.nii.gz", paths[c]) for c in fit_cases[:k]],
                                steps=a.steps, name=f"{style}-k{k}", device="cpu", **extra)
                 seconds = time.perf_counter() - t
+                ft = find_model(str(res.package_dir)).card.training["finetune"]
                 ev = evaluate(str(res.package_dir))
                 closed = (ev["styled"] - base["styled"]) / gap if gap > 0 else float("nan")
                 entry["k"][k] = {**ev, "closed": closed, "others_change": ev["others"] - base["others"],
-                                 "seconds": seconds, "seconds_per_case": seconds / k}
+                                 "seconds": seconds, "seconds_per_case": seconds / k, "steps": ft["steps"],
+                                 "seconds_by_stage": ft["seconds_by_stage"], "precision": ft["precision"],
+                                 "routed": ft.get("routed")}
                 print(f"  K={k}: styled {ev['styled']:.4f} (closed {100 * closed:.0f} % of the gap), others "
                       f"{ev['others']:.4f} ({ev['others'] - base['others']:+.4f}), {seconds:.0f} s "
                       f"({seconds / k:.0f} s a case)", flush=True)
+                print(f"    {ft['steps']} steps, {ft['precision']}, routed {ft.get('routed')}; seconds by stage: "
+                      + ", ".join(f"{n} {v:.1f}" for n, v in ft["seconds_by_stage"].items()), flush=True)
                 print("    per organ, change: " + ", ".join(
                     f"{n} {v - base['per_organ'][n]:+.3f}" for n, v in ev["per_organ"].items()), flush=True)
             parent = MODEL

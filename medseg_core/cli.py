@@ -169,6 +169,8 @@ def cmd_models(a) -> int:
             if ft and all(isinstance(ft.get(k), (int, float)) for k in ("dice_before", "dice_after")):
                 print(f"{'':24s} fine-tuned on {ft['cases']} case(s): their Dice {ft['dice_before']:.3f} -> "
                       f"{ft['dice_after']:.3f}")
+            if ft and ft.get("routed"):
+                print(f"{'':24s} fine-tuned organs: {', '.join(ft['routed'])} (the others are the first parent's)")
     return 0
 
 

@@ -109,6 +109,19 @@ def test_finetune_measures_its_new_weights_not_an_export_of_the_parents(tmp_path
     sitk.WriteImage(edited, str(tmp_path / "l.nii.gz"))
     res = finetune("phantom-unet", [(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")], steps=4, lr=5e-3, device="cpu")
     assert res.dice_after != res.dice_before
+    # the new package (a routed network: the parent and the fine-tuned copy) exports and runs on
+    # OpenVINO as it runs on PyTorch (in float32 there too, on a CPU with bf16 as well)
+    from medseg_core.segment import segment_files
+
+    monkeypatch.setenv("MEDSEG_CPU_BF16", "0")
+
+    out = {}
+    for rt in ("torch", "openvino"):
+        rep = segment_files([tmp_path / "i.nii.gz"], str(res.package_dir), tmp_path / rt, device="cpu", runtime=rt,
+                            confidence=False)[0]
+        assert rep["runtime"] == rt
+        out[rt] = sitk.GetArrayFromImage(sitk.ReadImage(rep["outputs"]["labels"]))
+    assert np.mean(out["torch"] == out["openvino"]) > 0.9999
 
 
 def test_the_cli_and_the_engine_know_the_same_runtimes():

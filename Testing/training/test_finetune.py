@@ -35,42 +35,12 @@ from medseg_core.metrics import dice
 from medseg_core.models import bundled_dir, find_model, load_package
 from medseg_core.models.package import sha256_file
 
-MODEL = "phantom-unet"
-TUMOUR, RIGHT_GLAND = 3, 5
+from finetune_helpers import MODEL, RIGHT_GLAND, TUMOUR, edited_phantom as _edited, predict as _predict
 STEPS = 20
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    for ax in range(3):
-        out |= np.roll(mask, 1, ax) | np.roll(mask, -1, ax)
-    return out
-
-
-def _edited(ph) -> sitk.Image:
-    """The phantom's label with the Tumour grown by 2 voxels into the liver."""
-    lab = sitk.GetArrayFromImage(ph.label)
-    grown = _dilate(_dilate(lab == TUMOUR)) & (lab == 1)
-    out = lab.copy()
-    out[grown] = TUMOUR
-    img = sitk.GetImageFromArray(out)
-    img.CopyInformation(ph.label)
-    return img
 
 
 def _package_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def _predict(model: str, image: sitk.Image) -> np.ndarray:
-    from medseg_core.inference.predictor import Predictor
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return sitk.GetArrayFromImage(Predictor(find_model(model), device="cpu").predict([image]).labels)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +136,8 @@ def test_medseg_models_shows_the_lineage_and_the_corrections_dice(tuned, monkeyp
     out = capsys.readouterr().out
     assert f"from {MODEL} {parent.version}" in out
     assert f"their Dice {tuned['res'].dice_before:.3f} -> {tuned['res'].dice_after:.3f}" in out
+    routed = load_package(tuned["res"].package_dir).card.training["finetune"]["routed"]
+    assert entry["finetune"]["routed"] == routed and f"fine-tuned organs: {', '.join(routed)}" in out
 
 
 def test_progress_goes_through_the_stages_in_order(tuned):
@@ -309,83 +281,10 @@ def test_a_correction_that_disagrees_almost_everywhere_is_refused_unless_forced(
     # forced, it trains; a correction that agrees, or one organ alone (perhaps a miss), is never refused
     res = finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "shifted.nii.gz")], steps=1, device="cpu", force=True)
     assert res.dice_before < 0.25 and res.package_dir.is_dir()
-    from medseg_core.training.finetune import _refuse_disagreeing
+    from medseg_core.training.finetune_targets import refuse_disagreeing
 
     card = find_model(MODEL).card
-    _refuse_disagreeing([("i", "ok")], [{1: 0.9, 2: 0.2, 3: 0.1}], card)
-    _refuse_disagreeing([("i", "one")], [{3: 0.0}], card)
+    refuse_disagreeing([("i", "ok")], [{1: 0.9, 2: 0.2, 3: 0.1}], card)
+    refuse_disagreeing([("i", "one")], [{3: 0.0}], card)
     with pytest.raises(InputError, match="^two: .*mean Dice 0.10 over 2 organs"):
-        _refuse_disagreeing([("i", "one"), ("i", "two")], [{3: 0.0}, {1: 0.1, 2: 0.1}], card)
-
-
-def test_organs_the_user_left_alone_are_trained_as_the_parent_drew_them(tmp_path, monkeypatch):
-    """The correction is the parent's own result (as ``medseg segment`` writes it) with the Tumour
-    grown into the liver: the Tumour and the Liver (which lost those voxels) count as edited, the
-    other organs as accepted, and training fits the parent's model-grid labels for those (not the
-    correction's resampled copy of them)."""
-    from medseg_core.data.sampling import PatchSampler
-    from medseg_core.inference.postprocess import keep_largest_components
-    from medseg_core.inference.predictor import Predictor
-    from medseg_core.training import finetune as ft
-
-    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
-    ph = make_phantom(seed=5, spacing=(1.3, 1.1, 2.2))  # a grid unlike the model's: resampling both ways
-    sitk.WriteImage(ph.image, str(tmp_path / "i.nii.gz"))
-    pred = Predictor(find_model(MODEL), device="cpu")
-    shown = keep_largest_components(pred.predict([ph.image], confidence=False).labels,
-                                    pred.card.inference.largest_component)
-    corr = sitk.GetArrayFromImage(shown)
-    corr[_dilate(_dilate(corr == TUMOUR)) & (corr == 1)] = TUMOUR
-    out = sitk.GetImageFromArray(corr)
-    out.CopyInformation(ph.image)
-    sitk.WriteImage(out, str(tmp_path / "c.nii.gz"))
-    seen = {}
-
-    class Spy(PatchSampler):
-        def __init__(self, images, labels, *args, **kw):
-            seen["labels"], seen["focus"] = [lab.clone() for lab in labels], kw["focus"]
-            super().__init__(images, labels, *args, **kw)
-
-    monkeypatch.setattr(ft, "PatchSampler", Spy)
-    res = finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=2, device="cpu")
-    record = load_package(res.package_dir).card.training["finetune"]
-    assert record["cases"][0]["labels_edited"] == ["Liver", "Tumour"]
-    assert res.per_label["Tumour"]["edited"] and not res.per_label["LeftGland"]["edited"]
-    # the target: the parent's model-grid labels, except the edited organs'
-    pre = pred.preprocessor([ph.image], sitk.ReadImage(str(tmp_path / "c.nii.gz")))
-    parent = pred.predict_array(pre.image)[0].argmax(0)
-    target = seen["labels"][0].numpy()
-    moved = (target != parent)
-    edited = np.isin(target, [1, TUMOUR]) | np.isin(parent, [1, TUMOUR])
-    assert moved.any() and edited[moved].all()
-    for v in (1, TUMOUR):
-        assert np.array_equal(target == v, pre.label == v)
-    # patches focus on what was redrawn only
-    focus = seen["focus"][0].numpy()
-    assert len(focus) and moved[tuple(focus.T)].all()
-
-
-def test_blend_keeps_the_asked_share_of_the_change(tmp_path, monkeypatch):
-    """``blend=0.5`` lands halfway between the parent's weights and those of the same run unblended."""
-    from medseg_core.models.package import load_package as load
-
-    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
-    ph = make_phantom(seed=6)
-    sitk.WriteImage(ph.image, str(tmp_path / "i.nii.gz"))
-    sitk.WriteImage(_edited(ph), str(tmp_path / "c.nii.gz"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = {b: finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=3, device="cpu",
-                            name=f"b{int(b * 10)}", blend=b, seed=1) for b in (1.0, 0.5)}
-    finally:
-        torch.set_num_threads(threads)
-    parent = find_model(MODEL).load_state_dict()
-    full, half = (load(runs[b].package_dir).load_state_dict() for b in (1.0, 0.5))
-    moved = [k for k in parent if parent[k].is_floating_point() and not torch.equal(full[k].float(), parent[k].float())]
-    assert moved  # the decoder trained; the frozen encoder did not move
-    for k in moved:
-        torch.testing.assert_close(half[k].float(), (parent[k].float() + full[k].float()) / 2, atol=2e-3, rtol=0)
-    assert load(runs[0.5].package_dir).card.training["finetune"]["blend"] == 0.5
-    with pytest.raises(InputError, match=r"--blend 0(\.0)?: give a share"):
-        finetune(MODEL, [(tmp_path / "i.nii.gz", tmp_path / "c.nii.gz")], steps=1, device="cpu", blend=0)
+        refuse_disagreeing([("i", "one"), ("i", "two")], [{3: 0.0}, {1: 0.1, 2: 0.1}], card)

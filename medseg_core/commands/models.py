@@ -7,7 +7,8 @@ def models_json() -> list[dict]:
     """One entry per installed model (bundled, then the user's): name, version, description,
     modality, channels, labels, network, source, path, validation, parent, small organs, the
     aliases a bundled model answers to, its lineage (``["name version", ...]``, parent first) and,
-    for a fine-tuned model, the Dice of its corrections before and after (``finetune``)."""
+    for a fine-tuned model, the Dice of its corrections before and after and the organs it
+    answers for with the fine-tuned weights (``finetune``)."""
     from ..models import aliases, list_models
 
     named = {}
@@ -43,4 +44,4 @@ def _finetune_summary(training) -> dict | None:
     if not isinstance(ft, dict):
         return None
     return {"cases": len(ft.get("cases", [])), "dice_before": ft.get("dice_before"), "dice_after": ft.get("dice_after"),
-            "generations": 1 + len(training.get("previous_finetunes", []))}
+            "generations": 1 + len(training.get("previous_finetunes", [])), "routed": ft.get("routed")}

@@ -119,6 +119,14 @@ class Predictor:
         self._openvino: OpenVinoWindows | None = None  # built on the first window of the card's size
         self.load_seconds = time.perf_counter() - t0
 
+    def use_network(self, net: torch.nn.Module) -> None:
+        """Predict with ``net`` from now on (a fine-tune's result, before it has a package): PyTorch
+        runs it, as the OpenVINO copy holds the old network."""
+        self.net = net.to(self.device).eval()
+        self.heads = Heads.of(self.net)
+        self._openvino = None
+        self.runtime = "torch"
+
     @property
     def mirror(self) -> tuple[list[int], list[list[int]]]:
         """The card's test-time flips: (spatial axes, label pairs swapped by the last)."""

@@ -91,7 +91,9 @@ def export_onnx(net: torch.nn.Module, window: tuple[int, ...], path: Path) -> No
     ``(C, *spatial)`` of the example traced."""
     example = torch.zeros((1, *window))
     free = {0: "batch", **{2 + i: f"s{i}" for i in range(len(window) - 1)}}
-    with warnings.catch_warnings():
+    # float32 whatever the caller runs under: an export traced inside the predictor's bf16
+    # autocast (a CPU with native bf16 and --runtime openvino) is a graph OpenVINO refuses
+    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore")
         torch.onnx.export(LogitsOnly(net).eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": free}, opset_version=17, dynamo=False)

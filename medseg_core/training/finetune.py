@@ -19,8 +19,12 @@ patch centres on voxels the user changed, the rest class-balanced,
 distilled on every voxel the correction accepts (``distill``; mirroring is then off, since the
 probabilities would have to follow it); through the training loop's one step
 (:class:`~medseg_core.training.loop.TrainingLoop`), AdamW, warm-up then polynomial decay. The
-steps follow the correction's size (:func:`steps_for`), and half of the weights' change is
-kept (``blend``, WiSE-FT's interpolation toward the parent). Dice is measured again with the new
+steps follow the correction's size (:func:`steps_for`). The trained network is a copy of the
+parent, and the new package holds both (:class:`~medseg_core.nets.routed.RoutedNetwork`): the
+organs edited in these corrections (or routed by an earlier generation) take the copy's
+probabilities, the others keep the parent's, so the organs the user accepted do not drift on new
+patients (``route``; ``blend`` still interpolates the copy's weights toward the parent, WiSE-FT's
+way, off by default). Dice is measured again with the new
 weights (rounded to the dtype they will be stored in), and the package is written once,
 atomically, at the very end: an error or an interruption leaves nothing behind.
 
@@ -29,8 +33,9 @@ clinic styles of ``benchmarks/adaptation.py``; figures in ``docs/results.md``): 
 2, patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4, frozen encoder, bf16
 autocast where native and on CUDA. The accepted-organ targets took the other organs' loss on new
 cases from 0.026 to 0.002, distillation closed more of a style's gap, and ``blend`` 0.5 halved
-what other new cases still lost (0.018 -> 0.009); L2-SP (``anchor``), a lower learning rate, the
-full window and training only the finest decoder levels did not help.
+what other new cases still lost (0.018 -> 0.009) but also what the style taught, which routing
+keeps; L2-SP (``anchor``), a lower learning rate, the full window and training only the finest
+decoder levels did not help.
 """
 
 from __future__ import annotations
@@ -56,11 +61,12 @@ from ..inference.predictor import Predictor
 from ..io.corrections import read_correction
 from ..io.image import read_channels
 from ..metrics.overlap import dice_per_value
-from ..models.card import ModelCard
-from ..models.package import find_model, save_package, user_models_dir
+from ..models.card import ModelCard, NetworkSpec
+from ..models.package import find_model, round_as_stored, save_package, storage_of, user_models_dir
+from ..nets.routed import RoutedNetwork
 from ..nets.slicewise import volume_patch
-from .finetune_card import new_card, rounded, sha256_path, summarise
-from .finetune_targets import errors, steps_for, what_was_edited
+from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
+from .finetune_targets import errors, refuse_disagreeing, steps_for, what_was_edited
 from .loop import TrainingLoop
 from .recipes import build_recipe
 from .schedule import lr_factor
@@ -74,13 +80,11 @@ DEFAULT_DISTILL = 1.0
 """Weight of the parent's probabilities distilled where the correction agrees with it."""
 DEFAULT_ANCHOR = 0.0
 """Weight of the L2-SP pull toward the parent's weights."""
-DEFAULT_BLEND = 0.5
-"""Share of the weights' change kept after training (WiSE-FT's interpolation toward the parent)."""
+DEFAULT_BLEND = 1.0
+"""Share of the weights' change kept after training (WiSE-FT's interpolation toward the parent);
+with routing (the default) the organs the user accepted keep the parent's answer anyway."""
 ERROR_FRACTION = 0.5
 """Share of patches centred on a voxel where the parent's prediction disagrees with the correction."""
-DISAGREE_DICE = 0.25
-"""Refused unless forced: a correction the parent matches under this mean Dice over two organs or
-more (most likely another image's, other labels, or shifted); one organ alone may be a miss."""
 
 
 @dataclass
@@ -119,13 +123,14 @@ class _Case:
     reference: object   # the image (SimpleITK), whose grid the user corrected on
     target: np.ndarray | None = None  # what training fits: edited organs as corrected, the rest as the parent drew
     edited: list[int] = field(default_factory=list)
+    routed: list[int] = field(default_factory=list)  # edited organs the fine-tuned copy answers for
 
 
 def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int | None = None,
              lr: float | None = None, name: str | None = None, device: str = "auto",
              progress: Callable[..., None] | None = None, train_all: bool = False, seed: int = 0,
              patch_size: Sequence[int] | None = None, force: bool = False, distill: float | None = None,
-             anchor: float | None = None, blend: float | None = None) -> FinetuneResult:
+             anchor: float | None = None, blend: float | None = None, route: bool = True) -> FinetuneResult:
     """Fine-tune ``model`` on corrected cases and save the result as a new user model.
 
     Args:
@@ -143,13 +148,17 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         patch_size: training patch (array order); default: the card's, capped at
             ``CPU_PATCH_3D`` (``CPU_PATCH_2D``) per axis on the CPU.
         force: fine-tune on a correction that disagrees with the parent almost everywhere
-            (see ``DISAGREE_DICE``), which is refused otherwise.
+            (see :data:`~.finetune_targets.DISAGREE_DICE`), which is refused otherwise.
         distill: weight of the parent's probabilities distilled on the voxels the correction
             accepts (default ``DEFAULT_DISTILL``; 0: off).
         anchor: weight of the L2-SP pull toward the parent's weights (default ``DEFAULT_ANCHOR``).
         blend: the share of the weights' change kept after training (default ``DEFAULT_BLEND``;
             1: all of it; 0.5: halfway between parent and fine-tuned, as WiSE-FT interpolates,
             Wortsman et al., CVPR 2022).
+        route: the new model answers for the organs the user edited (in these corrections or
+            an earlier generation's) with the fine-tuned weights and leaves every other organ to
+            the parent (:class:`~medseg_core.nets.routed.RoutedNetwork`: the package holds both);
+            False: one network, fine-tuned as a whole.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -189,7 +198,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         report("load", 0.0, f"loading {model}")
         pkg = find_model(model)
         parent = pkg.card
-        name = _check_name(name) if name else _default_name(parent.name, stamp)
+        name = check_name(name) if name else default_name(parent.name, stamp)
         dest = user_models_dir() / name
         pred = Predictor(pkg, device=device)
         patch = _patch(parent, patch_size, pred.device)
@@ -205,27 +214,28 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         before_cases, parent_preds, parent_probs = _evaluate(pred, prepared, report, keep_probs=distill > 0)
         seconds["evaluate_before"] = time.perf_counter() - t
         if not force:
-            _refuse_disagreeing(cases, before_cases, parent)
+            refuse_disagreeing(cases, before_cases, parent)
         changed = sum(int((c.target != p).sum()) for c, p in zip(prepared, parent_preds))
         steps = steps_for(changed) if steps is None else steps
 
         t = time.perf_counter()
         knobs = {"distill": distill, "anchor": anchor, "train_all": train_all}
-        start = ({k: v.detach().clone() for k, v in pred.net.state_dict().items() if v.is_floating_point()}
+        net = _routed(pred.net, parent) if route else pred.net
+        trainee = net.tuned if isinstance(net, RoutedNetwork) else net
+        start = ({k: v.detach().clone() for k, v in trainee.state_dict().items() if v.is_floating_point()}
                  if blend < 1 else {})
-        recipe, amp = _train(pred, prepared, parent_preds, parent_probs, patch, steps, lr, knobs, seed, report,
-                             pkg.path)
+        recipe, amp = _train(pred, trainee, prepared, parent_preds, parent_probs, patch, steps, lr, knobs, seed,
+                             report, pkg.path)
         if blend < 1:
             with torch.no_grad():
-                for k, v in pred.net.state_dict().items():
+                for k, v in trainee.state_dict().items():
                     if k in start:
                         v.copy_(start[k] + float(blend) * (v - start[k]))
-        half = parent.weights.dtype == "float16"
-        if half:  # evaluate exactly the weights that will be stored
-            with torch.no_grad():
-                for v in pred.net.state_dict().values():
-                    if v.is_floating_point():
-                        v.copy_(v.half().float())
+        if route:
+            net.set_routed(set(net.routed) | {v for c in prepared for v in c.routed})
+        storage = storage_of(parent.weights.dtype)
+        round_as_stored(net, storage)  # evaluate exactly the weights that will be stored
+        pred.use_network(net)
         seconds["finetune"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -245,6 +255,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
             "batch_size": BATCH_SIZE,
             "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
             "distill": distill, "anchor": anchor, "blend": float(blend),
+            "routed": [names[v] for v in net.routed] if route else None,
             "seconds": round(time.perf_counter() - t_start, 1),
             "seconds_by_stage": {k: round(v, 2) for k, v in seconds.items()}, "device": str(pred.device),
             "threads": torch.get_num_threads() if pred.device.type == "cpu" else None,
@@ -252,9 +263,11 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
             "dice_before": rounded(dice_before), "dice_after": rounded(dice_after), "per_label": per_label,
             "dice_measured_on": "the corrected cases, model grid, annotated labels present in the correction"}
         card = new_card(pkg, name, stamp, record)
-        state = {k: v.detach().cpu() for k, v in pred.net.state_dict().items()}
+        if route:
+            card.network = NetworkSpec.from_dict(net.spec())
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         try:
-            save_package(card, state, dest, half=half)
+            save_package(card, state, dest, half=storage == "half", int8=storage == "int8")
         except ModelError as exc:  # the name was taken while we trained
             raise InputError(str(exc)) from None
         report("save", 1.0, str(dest))
@@ -305,7 +318,7 @@ def _evaluate(pred: Predictor, cases: list[_Case], report, keep_probs: bool = Fa
         labels = np.asarray(probs).argmax(0).astype(case.label.dtype)
         preds.append(labels)
         if case.target is None:  # the parent's pass: which organs did the user change?
-            case.edited, case.target = what_was_edited(pred.card, case, probs, labels)
+            case.edited, case.routed, case.target = what_was_edited(pred.card, case, probs, labels)
             case.record["labels_edited"] = [pred.card.label_names()[v] for v in case.edited]
         kept.append(np.asarray(probs, dtype=np.float16) if keep_probs else None)
         per_case.append(dice_per_value(labels, case.label, case.annotated))
@@ -314,22 +327,21 @@ def _evaluate(pred: Predictor, cases: list[_Case], report, keep_probs: bool = Fa
     return per_case, preds, kept
 
 
-def _refuse_disagreeing(cases, per_case: list[dict[int, float]], parent: ModelCard) -> None:
-    """One clear error for the first correction the parent matches almost nowhere."""
-    for (_, lab_path), dice in zip(cases, per_case):
-        mean = float(np.mean(list(dice.values()))) if len(dice) >= 2 else 1.0
-        if mean < DISAGREE_DICE:
-            raise InputError(f"{lab_path}: the correction disagrees with {parent.name} almost everywhere (mean Dice "
-                             f"{mean:.2f} over {len(dice)} organs, under {DISAGREE_DICE}): is it this image's, with "
-                             f"the model's labels, not shifted? --force fine-tunes on it anyway")
+def _routed(net: torch.nn.Module, parent: ModelCard) -> RoutedNetwork:
+    """The network to train and save: a routed parent as it is (its fine-tuned copy trains on),
+    any other wrapped with a copy of itself to train."""
+    if isinstance(net, RoutedNetwork):
+        return net
+    return RoutedNetwork.around(net, parent.network.to_dict())
 
 
-def _train(pred: Predictor, cases: list[_Case], parent_preds, parent_probs, patch, steps: int, lr: float,
-           knobs: dict, seed: int, report, source: Path):
-    """``steps`` steps of the ``finetune`` recipe on ``cases``; returns (the recipe, bf16 or not).
+def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_preds, parent_probs, patch, steps: int,
+           lr: float, knobs: dict, seed: int, report, source: Path):
+    """``steps`` steps of the ``finetune`` recipe on ``cases`` training ``net`` (the predictor's
+    network or the copy a routed network trains); returns (the recipe, bf16 or not).
     ``knobs``: ``distill``, ``anchor``, ``train_all``; distilling needs the parent's probabilities
     (``parent_probs``) and an augmentation that leaves voxels in place (no mirroring)."""
-    net, dev, card = pred.net, pred.device, pred.card
+    dev, card = pred.device, pred.card
     report("finetune", 0.0, f"{steps} steps", None)
     torch.manual_seed(seed)
     images = [torch.from_numpy(np.ascontiguousarray(c.image)).to(dev) for c in cases]
@@ -376,25 +388,3 @@ def _cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
-
-
-def _check_name(name: str) -> str:
-    if not name or name.startswith(".") or any(c in name for c in "/\\:") or name != name.strip():
-        raise InputError(f"--name {name!r}: a model name must be a plain folder name (no slashes, "
-                         f"not starting with a dot)")
-    if (user_models_dir() / name).exists():
-        raise InputError(f"{user_models_dir() / name}: a model named {name!r} already exists; choose another --name")
-    try:
-        find_model(name)
-    except ModelError:
-        return name
-    raise InputError(f"--name {name}: a model of that name already exists (a bundled one); choose another --name")
-
-
-def _default_name(parent: str, stamp: str) -> str:
-    base = f"{parent}-ft-{stamp}"
-    name, n = base, 1
-    while (user_models_dir() / name).exists():  # two runs in the same second
-        n += 1
-        name = f"{base}-{n}"
-    return name

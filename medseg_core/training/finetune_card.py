@@ -1,5 +1,5 @@
-"""What a fine-tuned model's card says of where it came from: lineage, the corrections (with
-their SHA-256), and Dice before and after on them."""
+"""What a fine-tuned model's card says of where it came from (lineage, the corrections with
+their SHA-256, Dice before and after on them) and the name it is saved under."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, ModelError
 from ..models.card import ModelCard
-from ..models.package import sha256_file
+from ..models.package import find_model, sha256_file, user_models_dir
 
 
 def new_card(pkg, name: str, stamp: str, record: dict) -> ModelCard:
@@ -61,3 +62,27 @@ def sha256_path(path: Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode())
     return h.hexdigest()
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a plain folder name that no user or bundled model has; else one line."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\:") or name != name.strip():
+        raise InputError(f"--name {name!r}: a model name must be a plain folder name (no slashes, "
+                         f"not starting with a dot)")
+    if (user_models_dir() / name).exists():
+        raise InputError(f"{user_models_dir() / name}: a model named {name!r} already exists; choose another --name")
+    try:
+        find_model(name)
+    except ModelError:
+        return name
+    raise InputError(f"--name {name}: a model of that name already exists (a bundled one); choose another --name")
+
+
+def default_name(parent: str, stamp: str) -> str:
+    """``PARENT-ft-STAMP``, with a counter if a run in the same second took it."""
+    base = f"{parent}-ft-{stamp}"
+    name, n = base, 1
+    while (user_models_dir() / name).exists():  # two runs in the same second
+        n += 1
+        name = f"{base}-{n}"
+    return name

@@ -12,7 +12,12 @@ import torch
 
 from ..data.preprocess import probabilities_to_labels
 from ..inference.postprocess import keep_largest_components
+from ..errors import InputError
 from ..models.card import ModelCard
+
+DISAGREE_DICE = 0.25
+"""Refused unless forced: a correction the parent matches under this mean Dice over two organs or
+more (most likely another image's, other labels, or shifted); one organ alone may be a miss."""
 
 DEFAULT_STEPS = 30
 MIN_STEPS = 8
@@ -33,23 +38,34 @@ def steps_for(changed: int) -> int:
 
 
 def what_was_edited(card: ModelCard, case, probs: np.ndarray, parent: np.ndarray):
-    """The annotated organs the user changed, and the training target on the model grid.
+    """The annotated organs the user changed, those the new model must answer for, and the
+    training target on the model grid.
 
     The parent's result is brought onto the image's grid as ``medseg segment`` writes it (largest
     components kept as the card says) and compared with the correction there, organ by organ: an
     organ whose voxels are all as the parent drew them was *accepted*. Its voxels on the model
     grid are then the parent's own (the correction's copy went through a resampling and back, a
     staircase the model must not learn); the edited organs are taken from the correction.
+
+    Routed (answered for by the fine-tuned copy, :class:`~medseg_core.nets.routed.RoutedNetwork`)
+    are the organs that gained voxels or lost some to the background. An organ that only lost
+    voxels to another organ (the mandible under a parotid drawn wider, the spinal cord's top
+    drawn into the brainstem) is not: the organ that took them is routed and claims them, and the
+    parent keeps answering for the rest of it.
+
+    Returns:
+        ``(edited, routed, target)``: class values, class values, (z, y, x) labels.
     """
     shown = sitk.GetImageFromArray(probabilities_to_labels(probs, case.grid, case.reference))
     shown.CopyInformation(case.reference)
     shown = sitk.GetArrayFromImage(keep_largest_components(shown, card.inference.largest_component))
     edited = [v for v in case.annotated if v and not np.array_equal(shown == v, case.drawn == v)]
+    routed = [v for v in edited if ((case.drawn == v) & (shown != v)).any() or ((shown == v) & (case.drawn == 0)).any()]
     target = parent.copy()
     target[np.isin(parent, edited)] = 0
     mine = np.isin(case.label, edited)
     target[mine] = case.label[mine]
-    return edited, target
+    return edited, routed, target
 
 
 def errors(case, predicted: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -60,3 +76,13 @@ def errors(case, predicted: np.ndarray, num_classes: int) -> torch.Tensor:
     ref = case.target
     wrong = (predicted != ref) & ((ref > 0) | ((predicted > 0) & annotated[predicted]))
     return torch.from_numpy(np.argwhere(wrong))
+
+
+def refuse_disagreeing(cases, per_case: list[dict[int, float]], parent: ModelCard) -> None:
+    """One clear error for the first correction the parent matches almost nowhere."""
+    for (_, lab_path), dice in zip(cases, per_case):
+        mean = float(np.mean(list(dice.values()))) if len(dice) >= 2 else 1.0
+        if mean < DISAGREE_DICE:
+            raise InputError(f"{lab_path}: the correction disagrees with {parent.name} almost everywhere (mean Dice "
+                             f"{mean:.2f} over {len(dice)} organs, under {DISAGREE_DICE}): is it this image's, with "
+                             f"the model's labels, not shifted? --force fine-tunes on it anyway")

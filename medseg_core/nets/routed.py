@@ -1,0 +1,121 @@
+"""A fine-tuned network that answers only for the organs the user corrected.
+
+Fine-tuning on a few corrected cases moves the whole decoder: on new patients the organs the user
+accepted drifted by 0.01 to 0.03 Dice, and keeping half of the change (WiSE-FT's interpolation)
+halved that but also halved what the corrections taught (``docs/results.md``, issue 17). This
+network keeps the parent untouched beside the fine-tuned copy and routes each class to one of
+them, as probabilities:
+
+* a *routed* class (one the user edited in some correction of the lineage) takes the fine-tuned
+  network's probability, ``p(c) = p_tuned(c)``;
+* every other class, background included, shares what is left as the parent shares it:
+  ``p(c) = p_parent(c) / sum_{k not routed} p_parent(k) * sum_{k not routed} p_tuned(k)``.
+
+The result is a distribution (it sums to one); an organ the user never corrected keeps the
+parent's shape wherever the corrected organs do not claim or release voxels. Logits cannot be
+mixed (a softmax ignores a constant added to every class, and two networks add different ones),
+so :meth:`forward` returns log-probabilities, which every consumer treats as logits.
+
+A chain of fine-tunes stays two networks: the next generation trains :attr:`tuned` again and
+routes the union of the edited classes; :attr:`base` is the original parent throughout.
+
+Shapes:
+    input (B, C, *S) -> ``SegOutput.logits`` (B, N, *S) log-probabilities; the other fields
+    (confidence, heatmaps, ...) are the parent's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .base import SegNetwork
+from .output import OutputHeads, SegOutput
+from .registry import build_network, register
+
+
+@register("routed")
+class RoutedNetwork(SegNetwork):
+    """Args:
+        base: the parent network as the card names it, ``{"name": ..., "kwargs": {...}}``.
+        routed: the class values (not 0) whose probabilities come from the fine-tuned copy.
+        tuned: the fine-tuned copy's spec (default: the same as ``base``).
+    """
+
+    def __init__(self, base: dict, routed: Sequence[int], tuned: dict | None = None):
+        super().__init__()
+        self.base_spec, self.tuned_spec = dict(base), dict(tuned or base)
+        self.base = build_network(self.base_spec["name"], **self.base_spec.get("kwargs", {}))
+        self.tuned = build_network(self.tuned_spec["name"], **self.tuned_spec.get("kwargs", {}))
+        self.spatial_dims = getattr(self.base, "spatial_dims", None)
+        self.set_routed(routed)
+
+    @classmethod
+    def around(cls, parent: SegNetwork, spec: dict, routed: Sequence[int] = ()) -> "RoutedNetwork":
+        """A routed network whose :attr:`base` and :attr:`tuned` both start as ``parent`` (built
+        from ``spec``, the card's network), on its device and in its mode."""
+        net = cls(spec, routed)
+        state = parent.state_dict()
+        net.base.load_state_dict(state)
+        net.tuned.load_state_dict(state)
+        return net.to(_device_of(parent)).train(parent.training)
+
+    def set_routed(self, routed: Sequence[int]) -> None:
+        routed = sorted({int(c) for c in routed})
+        if any(c < 1 for c in routed):
+            raise ValueError(f"routed classes must be organs (1 or more), got {routed}")
+        self.routed = routed
+
+    def spec(self) -> dict:
+        """This network as a card names it."""
+        kwargs = {"base": self.base_spec, "routed": list(self.routed)}
+        if self.tuned_spec != self.base_spec:
+            kwargs["tuned"] = self.tuned_spec
+        return {"name": "routed", "kwargs": kwargs}
+
+    def output_heads(self) -> OutputHeads:
+        return self.base.output_heads()
+
+    def encoder_modules(self) -> list[torch.nn.Module]:
+        return [self.base, *self.tuned.encoder_modules()]
+
+    def forward(self, x: torch.Tensor, **kw) -> SegOutput:
+        out = self.base(x, **kw)
+        if not self.routed:
+            return out
+        tuned = self.tuned(x, **kw)
+        out.logits = route(out.logits, tuned.logits, self.routed)
+        out.deep_supervision = []
+        return out
+
+
+def route(base_logits: torch.Tensor, tuned_logits: torch.Tensor, routed: Sequence[int]) -> torch.Tensor:
+    """Log-probabilities (B, N, *S): the routed classes from ``tuned_logits``, the rest from
+    ``base_logits`` renormalised over what the tuned network leaves them (see the module)."""
+    n = base_logits.shape[1]
+    shape = (1, n) + (1,) * (base_logits.dim() - 2)
+    mask = torch.zeros(n, dtype=torch.bool, device=base_logits.device)
+    mask[list(routed)] = True
+    mask = mask.view(shape)
+    rest = (~mask).float()
+    lp_tuned = torch.log_softmax(tuned_logits.float(), 1)
+    lp_base = torch.log_softmax(base_logits.float(), 1)
+    left = _logsumexp_over(lp_tuned, rest)  # log of the mass the other classes share
+    shared = lp_base - _logsumexp_over(lp_base, rest) + left
+    return torch.where(mask, lp_tuned, shared)
+
+
+def _logsumexp_over(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``log(sum(exp(x)))`` over the classes (dim 1) where ``keep`` is 1, kept (B, 1, *S).
+
+    Written out, maximum first, rather than ``torch.logsumexp`` of a masked input: exported to
+    ONNX that is ReduceLogSumExp, which OpenVINO 2026.4 computed up to 63 away from PyTorch and
+    ONNX Runtime on log-probabilities of a trained network's size (``Testing/nets/test_routed.py``).
+    """
+    top = (x - 1e4 * (1 - keep)).amax(1, keepdim=True)
+    return top + ((x - top).exp() * keep).sum(1, keepdim=True).log()
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
