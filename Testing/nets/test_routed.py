@@ -68,6 +68,8 @@ def test_builds_from_its_spec_and_state_and_refuses_background():
     assert net.spec()["kwargs"]["routed"] == [2] and again.encoder_modules()[0] is again.base
     with pytest.raises(ValueError, match="organs"):
         net.set_routed([0, 2])
+    with pytest.raises(ValueError, match=r"organs \(1 to 3\)"):  # four classes: 1 to 3
+        net.set_routed([4])
 
 
 def test_route_exports_and_openvino_computes_what_pytorch_does(tmp_path):
@@ -94,3 +96,22 @@ def test_route_exports_and_openvino_computes_what_pytorch_does(tmp_path):
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got = torch.from_numpy(np.array(compiled([b.numpy(), t.numpy()])[0]))
     torch.testing.assert_close(got, route(b, t, [1, 3]), atol=1e-4, rtol=0)
+
+
+def test_a_card_routing_a_class_the_network_lacks_is_one_model_error(tmp_path):
+    import copy
+
+    from medseg_core.errors import ModelError
+    from medseg_core.models import find_model, load_package, save_package
+    from medseg_core.models.card import NetworkSpec
+
+    parent = find_model("phantom-unet")
+    net = RoutedNetwork.around(parent.build("cpu"), parent.card.network.to_dict(), [3])
+    card = copy.deepcopy(parent.card)
+    card.network = NetworkSpec.from_dict(net.spec())
+    save_package(card, net.state_dict(), tmp_path / "ok")
+    load_package(tmp_path / "ok").build("cpu")  # as saved, it builds
+    card.network.kwargs["routed"] = [99]
+    save_package(card, net.state_dict(), tmp_path / "bad")
+    with pytest.raises(ModelError, match=r"card.json: cannot build network \(routed classes must be organs"):
+        load_package(tmp_path / "bad").build("cpu")

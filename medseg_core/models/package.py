@@ -203,7 +203,7 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
 
 
 def storage_of(parent_dtype: str) -> str:
-    """``save_package``'s storage (\"int8\", \"half\" or \"float32\") for weights stored like a card's
+    """``save_package``'s storage ("int8", "half" or "float32") for weights stored like a card's
     ``weights.dtype``."""
     return "int8" if parent_dtype.startswith("int8") else "half" if parent_dtype == "float16" else "float32"
 

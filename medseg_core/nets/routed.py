@@ -17,7 +17,9 @@ mixed (a softmax ignores a constant added to every class, and two networks add d
 so :meth:`forward` returns log-probabilities, which every consumer treats as logits.
 
 A chain of fine-tunes stays two networks: the next generation trains :attr:`tuned` again and
-routes the union of the edited classes; :attr:`base` is the original parent throughout.
+routes the union of the edited classes; :attr:`base` is the original parent throughout. Both run
+in full, and the package stores both: the copy's encoder, frozen by default, computes (and
+stores) what the parent's does; sharing it is left for later.
 
 Shapes:
     input (B, C, *S) -> ``SegOutput.logits`` (B, N, *S) log-probabilities; the other fields
@@ -38,17 +40,19 @@ from .registry import build_network, register
 @register("routed")
 class RoutedNetwork(SegNetwork):
     """Args:
-        base: the parent network as the card names it, ``{"name": ..., "kwargs": {...}}``.
-        routed: the class values (not 0) whose probabilities come from the fine-tuned copy.
-        tuned: the fine-tuned copy's spec (default: the same as ``base``).
+        base: the parent network as the card names it, ``{"name": ..., "kwargs": {...}}``; the
+            fine-tuned copy is the same network.
+        routed: the class values (1 to the number of classes - 1) whose probabilities come from
+            the fine-tuned copy.
     """
 
-    def __init__(self, base: dict, routed: Sequence[int], tuned: dict | None = None):
+    def __init__(self, base: dict, routed: Sequence[int]):
         super().__init__()
-        self.base_spec, self.tuned_spec = dict(base), dict(tuned or base)
+        self.base_spec = dict(base)
         self.base = build_network(self.base_spec["name"], **self.base_spec.get("kwargs", {}))
-        self.tuned = build_network(self.tuned_spec["name"], **self.tuned_spec.get("kwargs", {}))
+        self.tuned = build_network(self.base_spec["name"], **self.base_spec.get("kwargs", {}))
         self.spatial_dims = getattr(self.base, "spatial_dims", None)
+        self.classes = self.base_spec.get("kwargs", {}).get("out_channels")
         self.set_routed(routed)
 
     @classmethod
@@ -63,16 +67,14 @@ class RoutedNetwork(SegNetwork):
 
     def set_routed(self, routed: Sequence[int]) -> None:
         routed = sorted({int(c) for c in routed})
-        if any(c < 1 for c in routed):
-            raise ValueError(f"routed classes must be organs (1 or more), got {routed}")
+        if any(c < 1 or (self.classes is not None and c >= int(self.classes)) for c in routed):
+            top = f"1 to {int(self.classes) - 1}" if self.classes is not None else "1 or more"
+            raise ValueError(f"routed classes must be organs ({top}), got {routed}")
         self.routed = routed
 
     def spec(self) -> dict:
         """This network as a card names it."""
-        kwargs = {"base": self.base_spec, "routed": list(self.routed)}
-        if self.tuned_spec != self.base_spec:
-            kwargs["tuned"] = self.tuned_spec
-        return {"name": "routed", "kwargs": kwargs}
+        return {"name": "routed", "kwargs": {"base": self.base_spec, "routed": list(self.routed)}}
 
     def output_heads(self) -> OutputHeads:
         return self.base.output_heads()
@@ -115,6 +117,7 @@ def _logsumexp_over(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """
     top = (x - 1e4 * (1 - keep)).amax(1, keepdim=True)
     return top + ((x - top).exp() * keep).sum(1, keepdim=True).log()
+
 
 def _device_of(net: torch.nn.Module) -> torch.device:
     p = next(net.parameters(), None)
