@@ -52,10 +52,13 @@ def cpu_features() -> dict:
     except OSError:
         pass
     from medseg_core.inference.device import native_bf16_cpu
+    from medseg_core.inference.runtime import openvino_version
 
+    precision = "bf16" if native_bf16_cpu() else "float32"
+    ov = openvino_version()
     return {"cpu": name, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "path": "bf16 autocast" if native_bf16_cpu() else "float32"}
+            "path": f"OpenVINO {ov} in {precision}" if ov else f"PyTorch in {precision}"}
 
 
 def main(argv=None) -> int:

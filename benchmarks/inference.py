@@ -111,6 +111,7 @@ def compare_sliding_window(paths: dict[str, Path], device: str, repeats: int, ba
     except Exception as exc:  # optional dependency
         print(f"MONAI does not import ({type(exc).__name__}: {exc}); skipping the sliding-window comparison")
         return {}
+    import numpy as np
     import torch
 
     from medseg_core.inference.predictor import Predictor
@@ -127,23 +128,25 @@ def compare_sliding_window(paths: dict[str, Path], device: str, repeats: int, ba
             torch.cuda.synchronize()
 
     def forward(key, softmax):
-        def f(batch):
+        def f(batch):  # ours gives an array, MONAI a tensor on its device
             windows[key] += batch.shape[0]
-            logits = pred._forward(batch)
-            return torch.softmax(logits.float(), dim=1) if softmax else logits
+            if softmax:
+                logits = torch.from_numpy(pred._forward(batch.cpu().numpy()))
+                return torch.softmax(logits, dim=1).to(batch.device)
+            return pred._forward(batch)
         return f
 
-    with torch.inference_mode():  # warm-up (oneDNN primitive creation), untimed
-        pred._forward(torch.zeros((1, len(pred.card.channels), *patch), device=pred.device))
+    pred._forward(np.zeros((1, len(pred.card.channels), *patch), np.float32))  # warm-up, untimed
     print(f"\nSliding window only (MONAI {monai.__version__}; patch {patch}, overlap 0.5, gaussian, "
           f"batch {batch_size}, {repeats} repeat(s) each, ABBA order)")
     results = {}
     for name, path in paths.items():
-        image = torch.from_numpy(pred.preprocessor([read_image(path)]).image)  # (C, z, y, x)
+        array = pred.preprocessor([read_image(path)]).image  # (C, z, y, x)
+        image = torch.from_numpy(array)
 
         def ours():
-            return sliding_window_predict(image, forward("ours", False), patch, n_classes, overlap=0.5,
-                                          batch_size=batch_size, device=pred.device)
+            return torch.from_numpy(sliding_window_predict(array, forward("ours", False), patch, n_classes,
+                                                           overlap=0.5, batch_size=batch_size))
 
         def theirs():
             # MONAI blends whatever the predictor returns, so it is given softmax probabilities

@@ -1,24 +1,28 @@
-"""bf16 against float32 inference on the CPU (or one model against another): speed and Dice on HNOAR.
+"""Two ways of running inference on the CPU side by side: speed and Dice on HNOAR.
 
-For each validation case of ``../shared/data/HNOAR`` (``splits.json``), one loaded model
-predicts twice in this process, once in float32 and once with bf16 autocast (the default on
-CPUs that compute bf16 natively, see ``medseg_core.inference.device.native_bf16_cpu``); the
-order alternates from case to case so that machine noise falls on both. Printed: the sliding
-window seconds of each, their ratio, the share of voxels whose label differs, and per-organ Dice
-against the clinical contours for both (organs not contoured in a case are left out).
+For each validation case of ``../shared/data/HNOAR`` (``splits.json``), the model predicts once
+in each of two ``--modes`` in this process, the order alternating from case to case so that
+machine noise falls on both. A mode is ``PRECISION`` or ``RUNTIME:PRECISION``: ``float32`` or
+``bf16`` (the default on CPUs that compute bf16 natively, see
+``medseg_core.inference.device.native_bf16_cpu``) on the runtime ``auto`` picks, or ``torch`` /
+``openvino`` named (``torch:bf16,openvino:bf16`` compares the two runtimes in bf16). Printed: the
+prediction seconds of each, their ratio, the share of voxels whose label differs, and per-organ
+Dice against the clinical contours for both (organs not contoured in a case are left out).
 
 With ``--against OTHER`` the two runs are ``--model`` and ``OTHER`` (a name or a package
 folder), each at the default precision: e.g. a package stored in int8 against its float16 one.
 
 Usage::
 
-    python benchmarks/precision.py [--model hn-oar-unet] [--against OTHER] [--cases N] [--json OUT]
+    python benchmarks/precision.py [--model hn-oar-unet] [--modes float32,bf16] [--against OTHER]
+        [--cases N] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +36,8 @@ DATA = ROOT.parent / "shared" / "data" / "HNOAR"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="hn-oar-unet")
-    ap.add_argument("--against", help="compare --model with this model instead of float32 with bf16")
+    ap.add_argument("--modes", default="float32,bf16", help="the two modes, [RUNTIME:]PRECISION each")
+    ap.add_argument("--against", help="compare --model with this model instead of two modes")
     ap.add_argument("--cases", type=int, default=0, help="first N validation cases (0: all)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
@@ -52,12 +57,22 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native bf16: {native_bf16_cpu()}")
     cases = json.loads((DATA / "splits.json").read_text())["validation"]
     cases = cases[: a.cases] if a.cases else cases
-    pred = Predictor(find_model(a.model), device="cpu")
+    def predictor(model: str, mode: str = "auto:default") -> Predictor:
+        runtime, _, precision = mode.rpartition(":")
+        if precision == "float32":
+            os.environ["MEDSEG_CPU_BF16"] = "0"  # read when the predictor is built
+        try:
+            return Predictor(find_model(model), device="cpu", runtime=runtime or "auto")
+        finally:
+            os.environ.pop("MEDSEG_CPU_BF16", None)
+
     if a.against:
-        other = Predictor(find_model(a.against), device="cpu")
-        modes = {a.model: (pred, pred.amp), a.against: (other, other.amp)}
+        modes = {a.model: predictor(a.model), a.against: predictor(a.against)}
     else:
-        modes = {"float32": (pred, False), "bf16": (pred, True)}
+        modes = {m: predictor(a.model, m) for m in a.modes.split(",")}
+    for mode, p in modes.items():
+        print(f"{mode}: {p.runtime}, {'bf16' if p.amp else 'float32'}")
+    pred = next(iter(modes.values()))
     first, second = list(modes)
     names = {lab.value: lab.name for lab in pred.card.labels}
     seconds = {m: [] for m in modes}
@@ -68,10 +83,8 @@ def main() -> None:
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "labelsTr" / f"{case}.nii.gz")))
         labels = {}
         for mode in (modes if i % 2 == 0 else list(modes)[::-1]):
-            predictor, amp = modes[mode]
-            predictor.amp = amp
             t = time.perf_counter()
-            res = predictor.predict([img], confidence=False)
+            res = modes[mode].predict([img], confidence=False)
             seconds[mode].append(time.perf_counter() - t)
             labels[mode] = sitk.GetArrayFromImage(res.labels)
             for value, name in names.items():

@@ -3,9 +3,9 @@
 One 64 x 96 x 128 window of a real HNOAR case (preprocessed by the predictor), the network of the
 bundled ``hn-oar-unet`` (logits only), ``--rounds`` rounds in rotating order after one untimed
 warm-up each; per runtime the median seconds per window, the largest logit difference from
-PyTorch and the argmax agreement. OpenVINO runs with its precision hint set to f32 (it would
-otherwise take bf16 on CPUs that have it) and, where the CPU has native bf16, also with its
-default. A runtime that does not import is reported and skipped: neither is a dependency.
+PyTorch (float32) and the argmax agreement. Where the CPU has native bf16, PyTorch also runs under
+bf16 autocast and OpenVINO with its precision hint at bf16 as well as f32 (what the engine runs
+there: bf16). A runtime that does not import is reported and skipped: neither is a dependency.
 
 Usage::
 
@@ -54,13 +54,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from medseg_core.inference.predictor import Predictor
-    from medseg_core.inference.runtime import LogitsOnly, export_onnx
+    from medseg_core.inference.runtime import export_onnx, logits_only
     from medseg_core.models import find_model
 
     feats = cpu_features()
     print(f"CPU: {feats['cpu']}; AVX512-BF16 {feats['avx512_bf16']}, AMX {feats['amx_bf16']}; {args.threads} threads")
     pred = Predictor(find_model("hn-oar-unet"), device="cpu")
-    model = LogitsOnly(pred.net.float().eval())
+    model = logits_only(pred.net.float().eval())
     x = window(pred, args.batch)
     with torch.inference_mode():
         ref = model(x).numpy()
@@ -70,6 +70,12 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             return model(x).numpy()
     runs["pytorch"] = torch_run
+    native = feats["avx512_bf16"] or feats["amx_bf16"]
+    if native:
+        def torch_bf16():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x).float().numpy()
+        runs["pytorch (bf16 autocast)"] = torch_bf16
 
     try:
         import openvino as ov
@@ -77,8 +83,8 @@ def main(argv=None) -> int:
         core = ov.Core()
         ov_model = ov.convert_model(model, example_input=x)
         hints = [("f32", {"INFERENCE_PRECISION_HINT": "f32"})]
-        if feats["avx512_bf16"] or feats["amx_bf16"]:
-            hints.append(("default", {}))
+        if native:
+            hints.append(("bf16", {"INFERENCE_PRECISION_HINT": "bf16"}))
         for tag, cfg in hints:
             compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": args.threads, **cfg})
             runs[f"openvino {ov.__version__} ({tag})"] = (lambda c=compiled: c(x.numpy())[0])

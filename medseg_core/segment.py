@@ -86,7 +86,7 @@ def segment_files(inputs: list[str | Path], model: str, output_dir: str | Path, 
         report_cb("write", 0.0, f"writing {stem}")
         t = time.perf_counter()
         case = postprocess(labels, conf, result, card, confidence_threshold)
-        report = {"input": str(path), "model": card.name, "version": card.version, "device": str(pred.device),
+        report = {"input": str(path), "model": card.name, "version": card.version, "device": pred.device_type,
                   "runtime": pred.runtime,
                   "labels": {str(v): n for v, n in card.label_names().items()},
                   "volumes_ml": case.summary.pop("volumes_ml"), "tta_passes": result.tta if result is not None else 0,

@@ -2,9 +2,9 @@
 
 import math
 
-import torch
+import numpy as np
 
-from medseg_core.inference.sliding_window import gaussian_importance, sliding_window_predict, window_starts
+from medseg_core.inference.sliding_window import gaussian_importance, sliding_window_predict, softmax, window_starts
 
 
 def test_window_starts_cover_the_axis():
@@ -15,25 +15,32 @@ def test_window_starts_cover_the_axis():
         assert all(b - a <= patch for a, b in zip(starts, starts[1:]))
 
 
-def test_pointwise_predictor_is_reproduced_exactly():
-    # A voxel-wise network gives the same probabilities in every window, so blending is exact.
-    torch.manual_seed(0)
-    img = torch.randn(2, 23, 30, 17)
+def test_softmax_by_hand():
+    p = softmax(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]], dtype=np.float32), axis=1)
+    assert np.allclose(p, [[0.25, 0.75], [0.5, 0.5]])  # and no overflow at large logits
+
+
+def test_pointwise_predictor_is_reproduced_exactly_and_extra_channels_are_blended_raw():
+    # A voxel-wise network gives the same probabilities in every window, so blending is exact; an
+    # extra channel (a confidence logit) is averaged as it is, without the softmax.
+    img = np.random.default_rng(0).normal(size=(2, 23, 30, 17)).astype(np.float32)
 
     def pointwise(x):
-        return torch.cat([x, -x.sum(1, keepdim=True)], dim=1)
+        return np.concatenate([x, -x.sum(1, keepdims=True), 3 * x[:, :1]], axis=1)
 
-    probs = sliding_window_predict(img, pointwise, (8, 16, 8), 3, overlap=0.5, batch_size=3)
-    expected = torch.softmax(pointwise(img[None]), 1)[0]
-    assert probs.shape == (3, 23, 30, 17)
-    assert torch.allclose(probs, expected, atol=1e-5)
+    out = sliding_window_predict(img, pointwise, (8, 16, 8), 3, overlap=0.5, batch_size=3, num_extra=1)
+    expected = softmax(pointwise(img[None])[:, :3])[0]
+    assert out.shape == (4, 23, 30, 17) and out.dtype == np.float32
+    assert np.allclose(out[:3], expected, atol=1e-5)
+    assert np.allclose(out[3], 3 * img[0], atol=1e-4)
 
 
 def test_image_smaller_than_the_patch_is_padded_and_cropped_back():
-    img = torch.randn(1, 5, 6, 7)
-    probs = sliding_window_predict(img, lambda x: torch.cat([x, -x], 1), (8, 8, 8), 2)
+    img = np.random.default_rng(1).normal(size=(1, 5, 6, 7)).astype(np.float32)
+    probs = sliding_window_predict(img, lambda x: np.concatenate([x, -x], 1), (8, 8, 8), 2)
     assert probs.shape == (2, 5, 6, 7)
-    assert torch.allclose(probs.sum(0), torch.ones(5, 6, 7), atol=1e-5)
+    assert np.allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert np.allclose(probs[1], softmax(np.concatenate([img, -img])[None])[0, 1], atol=1e-5)
 
 
 def test_gaussian_peaks_in_the_centre():
@@ -45,7 +52,7 @@ def test_with_starts_the_predictor_learns_each_windows_start_in_the_images_voxel
     """The start lies where the window's first voxel sits in the unpadded image: negative along an
     axis padded to the window (z here: 5 voxels in windows of 8, one voxel of padding before)."""
     shape, patch = (5, 6, 7), (8, 4, 4)
-    img = torch.arange(float(math.prod(shape))).reshape(1, *shape)
+    img = np.arange(float(math.prod(shape)), dtype=np.float32).reshape(1, *shape)
     seen = []
 
     def record(batch, starts):
@@ -53,8 +60,8 @@ def test_with_starts_the_predictor_learns_each_windows_start_in_the_images_voxel
             seen.append(start)
             src = tuple(slice(max(0, a), min(a + p, n)) for a, p, n in zip(start, patch, shape))
             dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, start))
-            assert torch.equal(window[(slice(None),) + dst], img[(slice(None),) + src])
-        return torch.cat([batch, -batch], 1)
+            assert np.array_equal(window[(slice(None),) + dst], img[(slice(None),) + src])
+        return np.concatenate([batch, -batch], 1)
 
     sliding_window_predict(img, record, patch, 2, with_starts=True, batch_size=2)
     assert {s[0] for s in seen} == {-1}

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
 
 @dataclass
 class Heads:
@@ -48,8 +45,10 @@ class Heads:
                    stride=int(spec.stride), center_prompt=bool(spec.center_prompt),
                    box_prompt=bool(spec.box_prompt))
 
-    def channels(self, out, size: tuple[int, ...]) -> list[torch.Tensor]:
-        """The extra channels of one window batch, at the window's size ``size``."""
+    def channels(self, out, size: tuple[int, ...]) -> list:
+        """The extra channels of one window batch (tensors), at the window's size ``size``."""
+        import torch
+
         extra = []
         if self.confidence:
             extra.append(out.confidence.float())
@@ -73,7 +72,9 @@ class Heads:
         return extra
 
 
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
+def _resize(x, size):
+    import torch.nn.functional as F
+
     if tuple(x.shape[2:]) == tuple(size):
         return x
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]

@@ -109,9 +109,14 @@ def small_organs(card) -> dict[int, str]:
 
 
 def volumes_ml(labels: np.ndarray, spacing, names: dict[int, str]) -> dict[str, float]:
-    """Each label's volume in millilitres."""
+    """Each label's volume in millilitres (counted inside the foreground's box: on a full-size CT
+    a count over every voxel took 0.17 s)."""
+    from ..data.preprocess import bbox_from_mask
+
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=max(names) + 1 if names else 1)
+    box = bbox_from_mask(labels != 0, min_count=1)
+    inside = labels[box] if box is not None else labels[:0]
+    counts = np.bincount(inside.ravel(), minlength=max(names) + 1 if names else 1)
     return {name: round(float(counts[v]) * voxel_ml, 3) for v, name in names.items()}
 
 

@@ -14,16 +14,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from ..data.preprocess import Grid, Preprocessor, probabilities_to_labels, to_input_grid
 from ..models import ModelPackage
 from ..nets.slicewise import from_net, to_net, volume_patch
 from .confidence import entropy_confidence
-from .device import resolve_device, use_bf16
+from .device import resolve_device, surely_cpu, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
-from .runtime import OpenVinoWindows, choose
+from .runtime import OpenVinoWindows, choose, export
 from .sliding_window import sliding_window_predict
 
 FIT_MARGIN = 16
@@ -89,6 +88,10 @@ def _grid_index(grid: Grid, point_mm) -> tuple[float, float, float]:
 class Predictor:
     """Holds one loaded model; ``predict`` may be called for many images.
 
+    On the CPU, a network that OpenVINO already exported (:mod:`.runtime`) runs without PyTorch
+    being imported at all: the weights' SHA-256 is checked, the export compiled, and ``net`` built
+    only if something needs PyTorch after all (a window of another size, a fine-tune).
+
     Args:
         package: the model package.
         device: "auto", "cpu", "cuda" or "mps".
@@ -103,29 +106,73 @@ class Predictor:
         t0 = time.perf_counter()
         self.package = package
         self.card = package.card
-        self.device = resolve_device(device)
-        self.net = package.build(self.device)
-        self.heads = Heads.of(self.net)
-        self.has_confidence_head = self.heads.confidence
-        # bf16 autocast on CUDA and on CPUs that compute it natively (it halves the sliding window
-        # there; on 33 HNOAR validation cases it changed the mean Dice by < 0.001, docs/results.md)
-        self.amp = use_bf16(self.device)
         self.preprocessor = Preprocessor(self.card.preprocessing)
         self.batch_size = batch_size
         self.overlap = overlap
         self.progress = progress or (lambda *a, **k: None)
-        plain = not (self.heads.count or self.heads.center_prompt or self.heads.box_prompt)
-        self.runtime = choose(runtime, self.device, self.amp, plain)
+        self._net = self._device = None
         self._openvino: OpenVinoWindows | None = None  # built on the first window of the card's size
+        if not self._from_export(device, runtime):
+            self._device = resolve_device(device)
+            self.device_type = self._device.type
+            self._net = package.build(self._device)
+            self.heads = Heads.of(self._net)
+            # bf16 on CUDA and on CPUs that compute it natively (it halves the sliding window
+            # there; on 33 HNOAR validation cases it changed the mean Dice by < 0.001, docs/results.md)
+            self.amp = use_bf16(self._device)
+            plain = not (self.heads.count or self.heads.center_prompt or self.heads.box_prompt)
+            self.runtime = choose(runtime, self.device_type, plain)
+        self.has_confidence_head = self.heads.confidence
         self.load_seconds = time.perf_counter() - t0
 
-    def use_network(self, net: torch.nn.Module) -> None:
+    def _from_export(self, device: str, runtime: str) -> bool:
+        """Set up OpenVINO from the cache's export of these weights, without PyTorch, where the
+        device is the CPU and the runtime OpenVINO; False where that is not so or there is none yet."""
+        if not surely_cpu(device):
+            return False
+        try:
+            if choose(runtime, "cpu", plain_logits=True) != "openvino":
+                return False
+        except Exception:  # the full path says what is wrong
+            return False
+        self.package.verify_weights()
+        self.amp = use_bf16("cpu")
+        try:
+            windows = OpenVinoWindows.cached(self.card.weights.sha256, self._window(), bf16=self.amp)
+        except Exception:  # a damaged export: the full path exports it again or runs PyTorch
+            return False
+        if windows is None:
+            return False
+        self._openvino, self.runtime, self.device_type = windows, "openvino", "cpu"
+        self.heads = Heads()  # only networks with plain logits are exported
+        return True
+
+    @property
+    def device(self):
+        """The ``torch.device`` (PyTorch is loaded here where it was not yet)."""
+        if self._device is None:
+            self._device = resolve_device(self.device_type)
+        return self._device
+
+    @property
+    def net(self):
+        """The PyTorch network (built here where an export served until now)."""
+        if self._net is None:
+            self._net = self.package.build(self.device)
+        return self._net
+
+    def use_network(self, net) -> None:
         """Predict with ``net`` from now on (a fine-tune's result, before it has a package): PyTorch
         runs it, as the OpenVINO copy holds the old network."""
-        self.net = net.to(self.device).eval()
-        self.heads = Heads.of(self.net)
+        self._net = net.to(self.device).eval()
+        self.heads = Heads.of(self._net)
         self._openvino = None
         self.runtime = "torch"
+
+    def _window(self) -> tuple[int, ...]:
+        """``(C, *spatial)`` of the network's input for one window of the card's patch."""
+        patch = volume_patch(self.card.patch_size, self.card.spatial_dims)
+        return (len(self.card.channels), *(patch if self.card.spatial_dims == 3 else patch[1:]))
 
     @property
     def mirror(self) -> tuple[list[int], list[list[int]]]:
@@ -133,29 +180,38 @@ class Predictor:
         spec = self.card.inference
         return list(spec.mirror_axes), [list(p) for p in spec.mirror_swap]
 
-    def _forward(self, batch: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits, then the heads' extra channels (see :mod:`.heads`); ``centers`` go to a
-        network that takes them (FocusNet: (B, K, nd) voxels of each window, -1 where none)."""
+    def _forward(self, batch: np.ndarray, centers=None) -> np.ndarray:
+        """Class logits, then the heads' extra channels (see :mod:`.heads`), of a (B, C, z, y, x)
+        array of windows; ``centers`` go to a network that takes them (FocusNet: (B, K, nd) voxels
+        of each window, -1 where none)."""
         nd = self.card.spatial_dims  # a 2D net gets (B, C, 1, y, x) windows: it runs per slice
         x = to_net(batch, nd)
         if self.runtime == "openvino" and centers is None:
             windows = self._openvino_windows()
             if windows is not None and windows.fits(x):
                 return from_net(windows(x), nd)
-        out = self.net(x) if centers is None else self.net(x, centers=centers)
-        chans = [out.logits] + (self.heads.channels(out, tuple(x.shape[2:])) if self.heads.count else [])
-        y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits
-        return from_net(y, nd)
+        return from_net(self._torch_forward(x, centers), nd)
+
+    def _torch_forward(self, x: np.ndarray, centers=None) -> np.ndarray:
+        import torch
+
+        dev = self.device
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                    enabled=self.amp and dev.type in ("cuda", "cpu")):
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+            out = self.net(t) if centers is None else self.net(t, centers=centers)
+            chans = [out.logits] + (self.heads.channels(out, tuple(t.shape[2:])) if self.heads.count else [])
+            y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits.float()
+        return y.cpu().numpy()
 
     def _openvino_windows(self) -> OpenVinoWindows | None:
         """OpenVINO for the card's windows, built once; a network it cannot take goes back to
         PyTorch (said once in the progress messages)."""
         if self._openvino is None:
-            patch = volume_patch(self.card.patch_size, self.card.spatial_dims)
-            window = (len(self.card.channels), *(patch if self.card.spatial_dims == 3 else patch[1:]))
+            window = self._window()
             try:
-                self._openvino = OpenVinoWindows(self.net, window, self.card.weights.sha256,
-                                                 log=lambda m: self.progress("infer", 0.0, m))
+                xml = export(self.net, window, self.card.weights.sha256, log=lambda m: self.progress("infer", 0.0, m))
+                self._openvino = OpenVinoWindows(xml, window, bf16=self.amp, net=self.net)
             except Exception as exc:  # an op OpenVINO or the exporter lacks: PyTorch runs it
                 self.runtime = "torch"
                 self.progress("infer", 0.0, f"OpenVINO cannot run {self.card.name} ({type(exc).__name__}); "
@@ -175,10 +231,12 @@ class Predictor:
             out["distances"] = extra[i:i + h.distances]
         return out
 
-    def _window_centers(self, centers: dict, starts, patch) -> torch.Tensor:
+    def _window_centers(self, centers: dict, starts, patch):
         """(B, K, nd) centres of the small organs in each window's voxels (-1: the organ's own
         heatmap peak), from ``centers`` {class value: (z, y, x) voxel of the whole image}. A 2D
         network's window is one slice: every slice takes the point's in-plane position."""
+        import torch
+
         nd, classes = self.card.spatial_dims, self.heads.heatmap_classes
         out = torch.full((len(starts), len(classes), nd), -1, dtype=torch.long)
         for value, zyx in centers.items():
@@ -215,30 +273,30 @@ class Predictor:
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         n, extra = self.card.num_classes, self.heads.count
         total, extras = None, {}
-        x = torch.from_numpy(image)
         for i, flip in enumerate(flips):
-            dims = [a + 1 for a in flip]
-            xi = x.flip(dims) if dims else x
+            dims = tuple(a + 1 for a in flip)
             out = sliding_window_predict(
-                xi, forward, patch, n, overlap=self.overlap, batch_size=self.batch_size, device=self.device,
-                amp=self.amp, num_extra=extra, with_starts=bool(centers),
+                np.flip(image, dims) if dims else image, forward, patch, n, overlap=self.overlap,
+                batch_size=self.batch_size, num_extra=extra, with_starts=bool(centers),
                 progress=lambda f, i=i: self.progress("infer", (i + f) / len(flips), f"pass {i + 1}/{len(flips)}"))
             if not dims and extra:
-                extras = self._split_extras(out[n:].numpy())
+                extras = self._split_extras(out[n:])
             out = out[:n]
             if dims:
-                out = out.flip(dims)
+                out = np.flip(out, dims)
             if flip and axes[-1] in flip:
                 order = list(range(out.shape[0]))
                 for a, b in swap:
                     order[a], order[b] = order[b], order[a]
                 out = out[order]
             total = out if total is None else total + out
-        return (total / len(flips)).numpy(), extras, len(flips)
+        return total / len(flips), extras, len(flips)
 
     def _lsnet_on_box(self, image: np.ndarray, grid: Grid, roi_mm: list[float]) -> np.ndarray:
         """Class probabilities from an L-SNet whose region is the user's box (no keypoints):
         the S-Net segments the recalibrated box, pasted back into the (cropped) volume."""
+        import torch
+
         corners = [[x, y, z] for x in roi_mm[0::3] for y in roi_mm[1::3] for z in roi_mm[2::3]]
         idx = np.array([_grid_index(grid, c) for c in corners])  # (z, y, x)
         lo = np.clip(np.floor(idx.min(0) + 0.5), 0, None)  # voxel edges

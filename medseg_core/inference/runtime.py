@@ -1,29 +1,33 @@
-"""Where a network's windows run: PyTorch, or OpenVINO on CPUs without native bf16.
+"""Where a network's windows run: OpenVINO on the CPU where it is installed, else PyTorch.
 
-On a CPU without native bf16 (AVX2 only: many clinicians' workstations) OpenVINO ran the default
-network's 64 x 96 x 128 window 1.5x faster than PyTorch in float32 (1.8x under load), with the
-same argmax on 99.999 % of voxels (``benchmarks/runtimes.py``, docs/results.md). It is optional
-(``pip install openvino``): ``auto`` takes it where it helps and it is installed, ``torch`` never,
-``openvino`` insists. OpenVINO runs float32 (its precision hint is pinned so a CPU with bf16 gives
-the same result), only windows of the card's own patch size, and only networks whose windows give
-class logits alone (no heads, no prompts); everything else stays with PyTorch.
+On the CPU OpenVINO ran the default network's 64 x 96 x 128 window faster than PyTorch on both
+kinds of CPU (``benchmarks/runtimes.py``, docs/results.md): 1.5x in float32 on a CPU without
+native bf16 (AVX2 only: many clinicians' workstations), and on a CPU with AVX512-BF16 0.12 s in
+bf16 against PyTorch's 0.24 s under bf16 autocast. It computes in bf16 exactly where PyTorch would
+(:func:`~.device.native_bf16_cpu`) and in float32 elsewhere; its argmax agrees with PyTorch's on
+99.99 % of voxels. It is optional (``pip install openvino``): ``auto`` takes it where it is
+installed, ``torch`` never, ``openvino`` insists. It runs only windows of the card's own patch size,
+and only networks whose windows give class logits alone (no heads, no prompts); everything else
+stays with PyTorch.
 
 The network is exported once per weights file and OpenVINO version (ONNX, read by OpenVINO, saved
 as its IR) into ``MEDSEG_HOME/cache/openvino`` (default ``~/.medseg``), staged and renamed, so
-later processes read it in a few hundredths of a second and compile it in a few tenths.
+later processes read it in a few hundredths of a second and compile it in a tenth, without
+importing PyTorch at all (:meth:`OpenVinoWindows.cached`). Only networks with plain logits are ever
+exported, so an export in the cache also says its network has no heads.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 
@@ -46,10 +50,10 @@ def cache_root() -> Path:
     return (Path(home) if home else Path.home() / ".medseg") / "cache" / "openvino"
 
 
-def choose(runtime: str, device: torch.device, amp: bool, plain_logits: bool) -> str:
+def choose(runtime: str, device_type: str, plain_logits: bool) -> str:
     """``torch`` or ``openvino`` for ``runtime`` ("auto", "torch", "openvino"; ``MEDSEG_RUNTIME``
-    overrides "auto") on ``device``; ``amp``: bf16 autocast is on; ``plain_logits``: the network's
-    windows give class logits alone."""
+    overrides "auto") on a device of ``device_type`` ("cpu", "cuda", "mps"); ``plain_logits``: the
+    network's windows give class logits alone."""
     runtime = (runtime or "auto").lower()
     if runtime == "auto":
         runtime = os.environ.get("MEDSEG_RUNTIME", "auto").strip().lower() or "auto"
@@ -57,14 +61,19 @@ def choose(runtime: str, device: torch.device, amp: bool, plain_logits: bool) ->
         raise InputError(f"--runtime {runtime}: unknown runtime ({', '.join(RUNTIMES)})")
     if runtime == "torch":
         return "torch"
-    fits = device.type == "cpu" and plain_logits
+    fits = device_type == "cpu" and plain_logits
     if runtime == "openvino":
         if openvino_version() is None:
             raise InputError("--runtime openvino: OpenVINO is not installed (pip install openvino)")
         if not fits:
             raise InputError("--runtime openvino: only for a CPU and a network without heads or prompts")
         return "openvino"
-    return "openvino" if fits and not amp and openvino_version() is not None else "torch"
+    return "openvino" if fits and openvino_version() is not None else "torch"
+
+
+def export_folder(key: str, spatial_dims: int) -> Path:
+    """Where the export of the weights ``key`` (their SHA-256) lives in the cache."""
+    return cache_root() / f"{key[:24]}-{spatial_dims}d-ov{openvino_version()}"
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -75,97 +84,127 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class LogitsOnly(torch.nn.Module):
-    """The network with its class logits as the one output (what is exported)."""
+def logits_only(net):
+    """``net`` as a ``torch.nn.Module`` whose one output is its class logits (what is exported)."""
+    import torch
 
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.net = inner
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).logits
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x).logits
+
+    return LogitsOnly(net)
 
 
-def export_onnx(net: torch.nn.Module, window: tuple[int, ...], path: Path) -> None:
+def export_onnx(net, window: tuple[int, ...], path: Path) -> None:
     """``net``'s class logits as ONNX (opset 17), batch and spatial sizes left free; ``window`` is
     ``(C, *spatial)`` of the example traced."""
+    import torch
+
     example = torch.zeros((1, *window))
     free = {0: "batch", **{2 + i: f"s{i}" for i in range(len(window) - 1)}}
     # float32 whatever the caller runs under: an export traced inside the predictor's bf16
-    # autocast (a CPU with native bf16 and --runtime openvino) is a graph OpenVINO refuses
+    # autocast is a graph OpenVINO refuses (OpenVINO lowers the precision itself, by its hint)
     with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore")
-        torch.onnx.export(LogitsOnly(net).eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
+        torch.onnx.export(logits_only(net).eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": free}, opset_version=17, dynamo=False)
 
 
-def _weights_stamp(net: torch.nn.Module) -> tuple[int, ...]:
+def export(net, window: tuple[int, ...], key: str, log: Callable[[str], None] | None = None) -> Path:
+    """The cached IR of ``net`` (its ``net.xml``), exported first if the cache lacks it."""
+    import openvino as ov
+
+    folder = export_folder(key, len(window) - 1)
+    xml = folder / "net.xml"
+    if xml.is_file():
+        return xml
+    (log or (lambda m: None))("exporting the network for OpenVINO (once per model; later runs read it from the cache)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        export_onnx(net, window, tmp / "net.onnx")
+        ov.save_model(ov.Core().read_model(str(tmp / "net.onnx")), str(tmp / "net.xml"), compress_to_fp16=False)
+        (tmp / "net.onnx").unlink()
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process got there first: theirs is the same
+            if not xml.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune(folder.parent, KEEP_EXPORTS)
+    return xml
+
+
+def _weights_stamp(net) -> tuple[int, ...]:
     """Changes whenever a parameter or buffer of ``net`` is written in place (an optimiser step,
     ``load_state_dict``, ``copy_``): torch counts every in-place write of a tensor."""
     return tuple(t._version for t in (*net.parameters(), *net.buffers()))
 
 
+def _threads() -> int | None:
+    """PyTorch's thread count where it is loaded (a caller may have set it), else
+    ``OMP_NUM_THREADS``, else None (OpenVINO's own choice: the physical cores, as PyTorch's)."""
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 class OpenVinoWindows:
-    """A network's class logits for windows of one shape, computed by OpenVINO in float32. The copy
-    holds the weights it was exported with: once the network's own weights change (a fine-tune
-    trains it in place), :meth:`fits` is False for good and PyTorch runs the windows.
+    """A network's class logits for windows of one shape, computed by OpenVINO.
 
     Args:
-        net: the network (eval mode, float32, on the CPU).
+        xml: the exported network (:func:`export`, or :meth:`cached` to find it).
         window: ``(C, *spatial)`` of the windows it will be given (the card's patch).
-        key: names the exported copy in the cache (the weights' SHA-256).
-        threads: OpenVINO's thread count (default: PyTorch's).
-        log: told when the network is exported (the one slow step, once per model).
+        bf16: compute in bf16 (where the CPU does natively), else float32.
+        threads: OpenVINO's thread count (default: see :func:`_threads`).
+        net: the PyTorch network it was exported from, if at hand: once that network's weights
+            change (a fine-tune trains it in place), :meth:`fits` is False for good and PyTorch
+            runs the windows.
     """
 
-    def __init__(self, net: torch.nn.Module, window: tuple[int, ...], key: str, threads: int | None = None,
-                 log: Callable[[str], None] | None = None):
+    def __init__(self, xml: Path, window: tuple[int, ...], bf16: bool = False, threads: int | None = None, net=None):
         import openvino as ov
 
         self.window = tuple(int(s) for s in window)
-        self.net, self.stamp = net, _weights_stamp(net)
-        xml = self._exported(net, key, log or (lambda m: None))
+        self.bf16 = bool(bf16)
+        self.net, self.stamp = net, (_weights_stamp(net) if net is not None else None)
+        os.utime(Path(xml).parent)  # recently used: kept by the cache's pruning
         core = ov.Core()
         model = core.read_model(str(xml))
         model.reshape([1, *self.window])
-        config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32"}
+        threads = threads or _threads()
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    def _exported(self, net: torch.nn.Module, key: str, log) -> Path:
-        import openvino as ov
+    @classmethod
+    def cached(cls, key: str, window: tuple[int, ...], bf16: bool = False,
+               threads: int | None = None) -> OpenVinoWindows | None:
+        """The export of the weights ``key`` already in the cache, or None: no PyTorch needed."""
+        xml = export_folder(key, len(window) - 1) / "net.xml"
+        return cls(xml, window, bf16, threads) if xml.is_file() else None
 
-        folder = cache_root() / f"{key[:24]}-{len(self.window) - 1}d-ov{openvino_version()}"
-        xml = folder / "net.xml"
-        if xml.is_file():
-            os.utime(folder)  # recently used: kept by the pruning below
-            return xml
-        log("exporting the network for OpenVINO (once per model; later runs read it from the cache)")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-        try:
-            export_onnx(net, self.window, tmp / "net.onnx")
-            ov.save_model(ov.Core().read_model(str(tmp / "net.onnx")), str(tmp / "net.xml"), compress_to_fp16=False)
-            (tmp / "net.onnx").unlink()
-            try:
-                tmp.rename(folder)
-            except OSError:  # another process got there first: theirs is the same
-                if not xml.is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        _prune(folder.parent, KEEP_EXPORTS)
-        return xml
+    def fits(self, x) -> bool:
+        """Whether ``x`` (an array) is a batch of this copy's windows and the network, if known,
+        still has the weights the copy was made from."""
+        return tuple(x.shape[1:]) == self.window and (self.net is None or _weights_stamp(self.net) == self.stamp)
 
-    def fits(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` is a CPU batch of this copy's windows and the network still has the
-        weights the copy was made from."""
-        return x.device.type == "cpu" and tuple(x.shape[1:]) == self.window and _weights_stamp(self.net) == self.stamp
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, *spatial) windows -> (B, N, *spatial) float32 logits, one window at a time."""
-        outs = []
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, *spatial) windows -> (B, N, *spatial) float32 logits, one window at a time (each
+        copied once out of OpenVINO's output buffer, which the next window reuses)."""
+        out = None
         for i in range(x.shape[0]):
-            item = np.ascontiguousarray(x[i:i + 1].float().numpy())
-            outs.append(torch.from_numpy(np.array(self.request.infer([item])[0])))
-        return torch.cat(outs)
+            self.request.infer([np.ascontiguousarray(x[i:i + 1], dtype=np.float32)], share_inputs=True)
+            y = self.request.get_output_tensor(0).data
+            if out is None:
+                out = np.empty((x.shape[0], *y.shape[1:]), dtype=np.float32)
+            out[i] = y[0]
+        return out

@@ -2,8 +2,9 @@
 
 Windows overlap by ``overlap`` of the patch size; each window's softmax is weighted by a Gaussian
 (sigma = patch/8, nnU-Net's and MONAI's choice) so window borders, where a network sees the least
-context, count least. Windows run on ``device`` in batches; the accumulators live on
-``accumulate_device`` (the CPU by default), so the GPU holds only one batch of windows.
+context, count least. The blending is numpy on the CPU: the window function decides where and in
+what precision the network runs (PyTorch on any device, or OpenVINO without PyTorch at all), and
+hands back each batch's logits, so the accumulators hold one case on the CPU whatever the device.
 """
 
 from __future__ import annotations
@@ -13,22 +14,18 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 @lru_cache(maxsize=8)
-def gaussian_importance(patch_size: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
-    """A Gaussian weight map of the patch size, maximum 1, minimum clamped above zero."""
-    axes = []
+def gaussian_importance(patch_size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """A float32 Gaussian weight map of the patch size, maximum 1, minimum clamped above zero."""
+    w = np.ones((), dtype=np.float64)
     for n in patch_size:
-        x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
-        axes.append(torch.exp(-0.5 * (x / (sigma_scale * n)) ** 2))
-    w = axes[0]
-    for a in axes[1:]:
-        w = w[..., None] * a
-    w = w / w.max()
-    return w.clamp_min(1e-3).float()
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        w = w[..., None] * np.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
+    w = np.maximum(w / w.max(), 1e-3).astype(np.float32)
+    w.flags.writeable = False  # shared by every call through the cache
+    return w
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -40,27 +37,34 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return sorted({int(round(i * (size - patch) / (n - 1))) for i in range(n)})
 
 
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Softmax along ``axis``, in place on a float32 copy of ``logits``."""
+    out = np.array(logits, dtype=np.float32)
+    out -= out.max(axis=axis, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+    return out
+
+
 def sliding_window_predict(
-    image: torch.Tensor,
-    predictor: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    predictor: Callable[..., np.ndarray],
     patch_size: tuple[int, ...],
     num_classes: int,
     overlap: float = 0.5,
     batch_size: int = 4,
-    device: str | torch.device = "cpu",
-    accumulate_device: str | torch.device = "cpu",
-    amp: bool = False,
     progress: Callable[[float], None] | None = None,
     num_extra: int = 0,
     with_starts: bool = False,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Softmax probabilities of a whole image by blended windows.
 
     Args:
-        image: (C, *S) one case, any spatial size S (padded internally if smaller than a patch).
-        predictor: maps (B, C, *patch) on ``device`` to logits (B, num_classes + num_extra, *patch).
+        image: (C, *S) float32 array of one case, any spatial size S (padded with its minimum
+            where smaller than a patch).
+        predictor: maps a (B, C, *patch) float32 array to (B, num_classes + num_extra, *patch)
+            logits (an array); it runs the network where and how it likes.
         patch_size: window size, same length as S.
-        amp: bf16 autocast for the predictor (CUDA, or a CPU with native bf16: the caller decides).
         progress: called with the fraction of windows done.
         num_extra: trailing predictor channels that are not class logits (a confidence head,
             heatmaps, box distances): blended as they are, without the softmax.
@@ -69,45 +73,39 @@ def sliding_window_predict(
             that place something in the window.
 
     Returns:
-        (num_classes + num_extra, *S) float32 on ``accumulate_device``: class probabilities that
-        sum to one, then the blended extra channels.
+        (num_classes + num_extra, *S) float32: class probabilities that sum to one, then the
+        blended extra channels.
     """
+    image = np.asarray(image, dtype=np.float32)
     spatial = tuple(image.shape[1:])
     pad = [max(0, p - s) for s, p in zip(spatial, patch_size)]
     if any(pad):
-        pads = []
-        for p in reversed(pad):
-            pads += [p // 2, p - p // 2]
-        image = F.pad(image, pads, mode="constant", value=float(image.min()))
+        image = np.pad(image, [(0, 0)] + [(p // 2, p - p // 2) for p in pad], constant_values=float(image.min()))
     full = tuple(image.shape[1:])
     starts = [window_starts(s, p, overlap) for s, p in zip(full, patch_size)]
     boxes = list(itertools.product(*starts))
-    weight = gaussian_importance(tuple(patch_size)).to(accumulate_device)
-    acc = torch.zeros((num_classes + num_extra, *full), dtype=torch.float32, device=accumulate_device)
-    norm = torch.zeros(full, dtype=torch.float32, device=accumulate_device)
-    dev_type = torch.device(device).type
-    with torch.inference_mode():
-        for b0 in range(0, len(boxes), batch_size):
-            chunk = boxes[b0:b0 + batch_size]
-            sl = [tuple(slice(s, s + p) for s, p in zip(box, patch_size)) for box in chunk]
-            batch = torch.stack([image[(slice(None),) + s] for s in sl]).to(device, non_blocking=True)
-            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp and dev_type in ("cuda", "cpu")):
-                if with_starts:
-                    logits = predictor(batch, [tuple(s - p // 2 for s, p in zip(box, pad)) for box in chunk])
-                else:
-                    logits = predictor(batch)
-            logits = logits.float()
-            probs = torch.softmax(logits[:, :num_classes], dim=1)
+    weight = gaussian_importance(tuple(patch_size))
+    acc = np.zeros((num_classes + num_extra, *full), dtype=np.float32)
+    norm = np.zeros(full, dtype=np.float32)
+    for b0 in range(0, len(boxes), batch_size):
+        chunk = boxes[b0:b0 + batch_size]
+        sl = [tuple(slice(s, s + p) for s, p in zip(box, patch_size)) for box in chunk]
+        batch = np.stack([image[(slice(None),) + s] for s in sl])
+        if with_starts:
+            logits = predictor(batch, [tuple(s - p // 2 for s, p in zip(box, pad)) for box in chunk])
+        else:
+            logits = predictor(batch)
+        logits = np.asarray(logits, dtype=np.float32)
+        probs = softmax(logits[:, :num_classes])
+        for i, s in enumerate(sl):
+            acc[(slice(None, num_classes),) + s] += probs[i] * weight
             if num_extra:
-                probs = torch.cat([probs, logits[:, num_classes:]], dim=1)
-            probs = probs.to(accumulate_device)
-            for i, s in enumerate(sl):
-                acc[(slice(None),) + s] += probs[i] * weight
-                norm[s] += weight
-            if progress is not None:
-                progress(min(1.0, (b0 + len(chunk)) / len(boxes)))
+                acc[(slice(num_classes, None),) + s] += logits[i, num_classes:] * weight
+            norm[s] += weight
+        if progress is not None:
+            progress(min(1.0, (b0 + len(chunk)) / len(boxes)))
     acc /= norm
     if any(pad):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial))
         acc = acc[(slice(None),) + crop]
-    return acc.contiguous()
+    return np.ascontiguousarray(acc)

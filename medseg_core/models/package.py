@@ -14,12 +14,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 from ..io.atomic import atomic_folder, write_text_atomic
 from .card import WEIGHTS_FILE, ModelCard, WeightsRecord
+
+if TYPE_CHECKING:  # PyTorch loads where weights are read: a run on an exported network needs none
+    import torch
 
 WEIGHTS = WEIGHTS_FILE
 CARD = "card.json"
@@ -51,10 +53,8 @@ class ModelPackage:
     path: Path
     source: str
 
-    def load_state_dict(self) -> dict[str, torch.Tensor]:
-        """Verify the SHA-256 and read the weights as float32 tensors (safetensors only)."""
-        from safetensors.torch import load_file
-
+    def verify_weights(self) -> Path:
+        """The weights file, once its SHA-256 matches the card's (a clear error when not)."""
         wfile = self.path / self.card.weights.file
         if not wfile.is_file():
             raise ModelError(f"{wfile}: weights file is missing")
@@ -63,6 +63,13 @@ class ModelPackage:
         if expected != actual:
             raise ModelError(f"{wfile}: SHA-256 {actual[:12]}... does not match the card's "
                              f"{str(expected)[:12]}...; the file is corrupted or was replaced")
+        return wfile
+
+    def load_state_dict(self) -> dict[str, torch.Tensor]:
+        """Verify the SHA-256 and read the weights as float32 tensors (safetensors only)."""
+        from safetensors.torch import load_file
+
+        wfile = self.verify_weights()
         try:
             state = load_file(str(wfile))
         except Exception as exc:  # safetensors raises its own error types
@@ -144,6 +151,8 @@ def quantize_int8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     ``s = max|w| / 127`` per output channel, under ``name + INT8_SCALE``; biases and norms keep
     float16. About half the size of float16; :func:`dequantize` reverses it.
     """
+    import torch
+
     out = {}
     for k, v in state_dict.items():
         v = v.detach().cpu()
@@ -213,6 +222,8 @@ def round_as_stored(net: torch.nn.Module, storage: str) -> None:
     weights come back unchanged: their per-channel scale is their largest value over 127)."""
     if storage == "float32":
         return
+    import torch
+
     state = net.state_dict()
     with torch.no_grad():
         if storage == "int8":

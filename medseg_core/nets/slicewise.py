@@ -7,9 +7,10 @@ slice axis before the network and :func:`from_net` restores it after.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def volume_patch(patch: Sequence[int], spatial_dims: int) -> tuple[int, ...]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:  # loaded by the collectives only: a rank's identity (from_env, shard) needs none
+    import torch
 
 
 @dataclass
@@ -42,23 +43,31 @@ def from_env() -> DistInfo:
 
 def init(info: DistInfo, device: torch.device) -> None:
     """Join the process group: NCCL on CUDA, gloo on the CPU."""
+    import torch.distributed as dist
+
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def shutdown(info: DistInfo) -> None:
+    import torch.distributed as dist
+
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def active() -> bool:
     """Whether this process trains with others (a process group of more than one rank)."""
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _coalesced(tensors, collective) -> None:
     """Run ``collective`` in place on one flat tensor per dtype and device, then copy the result
     back into ``tensors``: one call per group instead of one per tensor."""
+    import torch
+
     groups: dict = {}
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
@@ -77,6 +86,9 @@ def average_gradients(parameters) -> None:
     Every rank must pass the same parameters in the same order; a parameter without a gradient
     here counts as a zero gradient (another rank may have one), and afterwards has one.
     """
+    import torch
+    import torch.distributed as dist
+
     if not active():
         return
     params = [p for p in parameters if p.requires_grad]
@@ -95,6 +107,9 @@ def average_gradients(parameters) -> None:
 def broadcast_module(module: torch.nn.Module, src: int = 0, buffers_only: bool = False) -> None:
     """Give every rank rank ``src``'s parameters and buffers (only the buffers, such as batch-norm
     running statistics, with ``buffers_only``: after each step, as ``DistributedDataParallel`` does)."""
+    import torch
+    import torch.distributed as dist
+
     if not active():
         return
     tensors = list(module.buffers()) if buffers_only else list(module.parameters()) + list(module.buffers())
@@ -104,6 +119,9 @@ def broadcast_module(module: torch.nn.Module, src: int = 0, buffers_only: bool =
 
 def agree(value: float, device) -> float:
     """The largest of the ranks' values (e.g. how far the run is, by each rank's clock)."""
+    import torch
+    import torch.distributed as dist
+
     if not active():
         return value
     t = torch.tensor([float(value)], device=device)

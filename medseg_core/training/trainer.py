@@ -84,16 +84,18 @@ def validate(net: torch.nn.Module, images, labels, num_classes: int, patch, devi
     Leaves ``net`` in eval mode."""
     net.eval()
     patch = volume_patch(patch, spatial_dims)
+    amp = use_bf16(device)
 
-    def fwd(batch: torch.Tensor) -> torch.Tensor:
-        return from_net(net(to_net(batch, spatial_dims)).logits, spatial_dims)
+    def fwd(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(to_net(torch.from_numpy(batch).to(device), spatial_dims)).logits
+        return from_net(logits.float(), spatial_dims).cpu().numpy()
 
     out = np.full((len(images), num_classes - 1), np.nan)
     for i, (img, lab) in enumerate(zip(images, labels)):
-        amp = use_bf16(device)
-        probs = sliding_window_predict(img, fwd, tuple(patch), num_classes, batch_size=batch_size, device=device,
-                                       accumulate_device=device, amp=amp)
-        for c, value in dice_per_value(probs.argmax(0), lab, range(1, num_classes)).items():
+        probs = sliding_window_predict(np.asarray(img, dtype=np.float32), fwd, tuple(patch), num_classes,
+                                       batch_size=batch_size)
+        for c, value in dice_per_value(probs.argmax(0), np.asarray(lab), range(1, num_classes)).items():
             out[i, c - 1] = value
     return out
 
@@ -139,7 +141,9 @@ class Trainer:
         dd.broadcast_module(self.net)  # every rank starts from rank 0's weights (step_on averages the gradients)
         self.val_images = self.val_labels = None
         if self.info.is_main and self.val_cases:
-            self.val_images, self.val_labels = load_tensors(self.cache_dir, self.val_cases, self.pre, self.dev)
+            # on the CPU, where the sliding window blends; the windows go to the device in turn
+            self.val_images, self.val_labels = load_tensors(self.cache_dir, self.val_cases, self.pre,
+                                                            torch.device("cpu"))
         self._loop()
         return self._finish()
 
