@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import ModelError
 from ..io.atomic import atomic_folder, write_text_atomic
@@ -181,7 +181,8 @@ def dequantize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str | Path,
-                 half: bool = False, overwrite: bool = False, int8: bool = False) -> ModelPackage:
+                 half: bool = False, overwrite: bool = False, int8: bool = False,
+                 before_rename: Callable[[ModelPackage], None] | None = None) -> ModelPackage:
     """Write a package atomically: a temporary sibling folder renamed to ``dest`` at the end.
 
     Args:
@@ -190,6 +191,10 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
             is complete).
         int8: store the large weights as int8 with per-channel scales (:func:`quantize_int8`;
             a quarter of float32), the rest as float16.
+        before_rename: called with the complete package in its hidden temporary folder (``card``
+            itself, its weights' record filled in) before it takes ``dest``'s place; the card is
+            written again after it, so it may add to the card what it measured of the stored
+            weights (a fine-tune's Dice after). If it raises, nothing is left behind.
     """
     from safetensors.torch import save_file
 
@@ -208,6 +213,9 @@ def save_package(card: ModelCard, state_dict: dict[str, torch.Tensor], dest: str
                          if v.is_floating_point() and not k.endswith(INT8_SCALE))
         card.weights = WeightsRecord(WEIGHTS, sha256_file(tmp / WEIGHTS), dtype, int(parameters))
         (tmp / CARD).write_text(card.to_json() + "\n")
+        if before_rename is not None:
+            before_rename(ModelPackage(card, tmp, "path"))
+            (tmp / CARD).write_text(card.to_json() + "\n")
     return load_package(dest, "path")
 
 

@@ -62,7 +62,7 @@ from ..io.corrections import read_correction
 from ..io.image import read_channels
 from ..metrics.overlap import dice_per_value
 from ..models.card import ModelCard, NetworkSpec
-from ..models.package import find_model, round_as_stored, save_package, storage_of, user_models_dir
+from ..models.package import ModelPackage, find_model, round_as_stored, save_package, storage_of, user_models_dir
 from ..nets.routed import RoutedNetwork
 from ..nets.slicewise import volume_patch
 from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
@@ -216,7 +216,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         if not force:
             refuse_disagreeing(cases, before_cases, parent)
         changed = sum(int((c.target != p).sum()) for c, p in zip(prepared, parent_preds))
-        steps = steps_for(changed) if steps is None else steps
+        steps = steps_for(changed, len(prepared)) if steps is None else steps
 
         t = time.perf_counter()
         knobs = {"distill": distill, "anchor": anchor, "train_all": train_all}
@@ -234,43 +234,51 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         if route:
             net.set_routed(set(net.routed) | {v for c in prepared for v in c.routed})
         storage = storage_of(parent.weights.dtype)
-        round_as_stored(net, storage)  # evaluate exactly the weights that will be stored
-        pred.use_network(net)
+        round_as_stored(net, storage)  # the weights as they will be stored
         seconds["finetune"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        report("evaluate", 0.0, "Dice of the fine-tuned model on the corrected case(s)")
-        after_cases, _, _ = _evaluate(pred, prepared, report)
-        seconds["evaluate_after"] = time.perf_counter() - t
-
-        report("save", 0.0, f"writing {dest}")
         names = parent.label_names()
         dice_before, per_before = summarise(before_cases, names)
-        dice_after, per_after = summarise(after_cases, names)
         edited = {names[v] for c in prepared for v in c.edited}
-        per_label = {n: {"before": rounded(per_before[n][0]), "after": rounded(per_after.get(n, (float("nan"),))[0]),
-                         "cases": per_before[n][1], "edited": n in edited} for n in per_before}
         record = {
             "cases": [c.record for c in prepared], "steps": steps, "voxels_changed": changed, "lr": lr,
             "batch_size": BATCH_SIZE,
             "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
             "distill": distill, "anchor": anchor, "blend": float(blend),
             "routed": [names[v] for v in net.routed] if route else None,
-            "seconds": round(time.perf_counter() - t_start, 1),
-            "seconds_by_stage": {k: round(v, 2) for k, v in seconds.items()}, "device": str(pred.device),
+            "seconds": None, "seconds_by_stage": None, "device": str(pred.device),
             "threads": torch.get_num_threads() if pred.device.type == "cpu" else None,
             "precision": "bf16-mixed" if amp else "float32",
-            "dice_before": rounded(dice_before), "dice_after": rounded(dice_after), "per_label": per_label,
+            "dice_before": rounded(dice_before), "dice_after": None, "per_label": None,
             "dice_measured_on": "the corrected cases, model grid, annotated labels present in the correction"}
         card = new_card(pkg, name, stamp, record)
         if route:
             card.network = NetworkSpec.from_dict(net.spec())
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        after = {}
+
+        def measure(staged: ModelPackage) -> None:
+            """The Dice after, of the stored weights run as ``medseg segment`` runs them (on
+            OpenVINO where it runs the parent: exported here once, into the cache later runs read)."""
+            t = time.perf_counter()
+            report("evaluate", 0.0, "Dice of the fine-tuned model on the corrected case(s)")
+            after_cases, _, _ = _evaluate(Predictor(staged, device=pred.device.type), prepared, report)
+            seconds["evaluate_after"] = time.perf_counter() - t
+            after["dice"], per_after = summarise(after_cases, names)
+            after["per_label"] = {
+                n: {"before": rounded(per_before[n][0]), "after": rounded(per_after.get(n, (float("nan"),))[0]),
+                    "cases": per_before[n][1], "edited": n in edited} for n in per_before}
+            record.update(dice_after=rounded(after["dice"]), per_label=after["per_label"],
+                          seconds=round(time.perf_counter() - t_start, 1),
+                          seconds_by_stage={k: round(v, 2) for k, v in seconds.items()})
+            report("save", 0.0, f"writing {dest}")
+
         try:
-            save_package(card, state, dest, half=storage == "half", int8=storage == "int8")
+            save_package(card, state, dest, half=storage == "half", int8=storage == "int8", before_rename=measure)
         except ModelError as exc:  # the name was taken while we trained
             raise InputError(str(exc)) from None
         report("save", 1.0, str(dest))
+        dice_after, per_label = after["dice"], after["per_label"]
         return FinetuneResult(dest, dice_before, dice_after, steps, time.perf_counter() - t_start, per_label)
     finally:
         torch.set_num_threads(threads_before)
