@@ -14,9 +14,9 @@ from ..errors import InputError
 
 
 def gpu_driver_present() -> bool:
-    """Whether this machine has a GPU driver that PyTorch could use (NVIDIA's or ROCm's on Linux (WSL's too),
-    NVIDIA's on Windows; always on macOS, where Apple's MPS may serve): when not, ``auto`` is the CPU
-    without asking PyTorch."""
+    """Whether this machine has a GPU driver that PyTorch could use: NVIDIA's or ROCm's on Linux
+    (WSL's too), NVIDIA's on Windows, and always on macOS (where Apple's MPS may serve). When not,
+    ``auto`` is the CPU without asking PyTorch."""
     system = platform.system()
     if system == "Linux":
         return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia",
@@ -38,7 +38,7 @@ def resolve_device(name: str = "auto"):
     import torch
 
     name = (name or "auto").lower()
-    if name == "cpu" or (name == "auto" and surely_cpu(name)):
+    if surely_cpu(name):
         return torch.device("cpu")
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps and mps.is_available())

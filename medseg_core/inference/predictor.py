@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..data.preprocess import Grid, Preprocessor, probabilities_to_labels, to_input_grid
+from ..errors import InputError
 from ..models import ModelPackage
 from ..nets.slicewise import from_net, to_net, volume_patch
 from .confidence import entropy_confidence
@@ -133,9 +134,8 @@ class Predictor:
         try:
             if choose(runtime, "cpu", plain_logits=True) != "openvino":
                 return False
-        except Exception:  # the full path says what is wrong
+        except InputError:  # the full path says what is wrong
             return False
-        self.package.verify_weights()
         self.amp = use_bf16("cpu")
         try:
             windows = OpenVinoWindows.cached(self.card.weights.sha256, self._window(), bf16=self.amp)
@@ -143,6 +143,7 @@ class Predictor:
             return False
         if windows is None:
             return False
+        self.package.verify_weights()  # the full path checks them as it reads them
         self._openvino, self.runtime, self.device_type = windows, "openvino", "cpu"
         self.heads = Heads()  # only networks with plain logits are exported
         return True
@@ -159,15 +160,9 @@ class Predictor:
         """The PyTorch network (built here where an export served until now)."""
         if self._net is None:
             self._net = self.package.build(self.device)
+            if self._openvino is not None:  # trained in place later, it stops the export's use
+                self._openvino.watch(self._net)
         return self._net
-
-    def use_network(self, net) -> None:
-        """Predict with ``net`` from now on (a fine-tune's result, before it has a package): PyTorch
-        runs it, as the OpenVINO copy holds the old network."""
-        self._net = net.to(self.device).eval()
-        self.heads = Heads.of(self._net)
-        self._openvino = None
-        self.runtime = "torch"
 
     def _window(self) -> tuple[int, ...]:
         """``(C, *spatial)`` of the network's input for one window of the card's patch."""
@@ -350,8 +345,6 @@ class Predictor:
             box = physical_box_to_index(reference, roi_mm, 0.0)
             size = [h - l for l, h in zip(lo, hi)]
             if min(size) <= 0 or min(h - l for l, h in zip(*box)) <= 0:
-                from ..errors import InputError
-
                 raise InputError(f"--roi {roi_mm}: the box does not overlap the image")
             images = [sitk.RegionOfInterest(im, size, lo) for im in images]
         seconds = {}

@@ -179,7 +179,9 @@ class OpenVinoWindows:
 
         self.window = tuple(int(s) for s in window)
         self.bf16 = bool(bf16)
-        self.net, self.stamp = net, (_weights_stamp(net) if net is not None else None)
+        self.net = self.stamp = None
+        if net is not None:
+            self.watch(net)
         os.utime(Path(xml).parent)  # recently used: kept by the cache's pruning
         core = ov.Core()
         model = core.read_model(str(xml))
@@ -197,6 +199,10 @@ class OpenVinoWindows:
         """The export of the weights ``key`` already in the cache, or None: no PyTorch needed."""
         xml = export_folder(key, len(window) - 1) / "net.xml"
         return cls(xml, window, bf16, threads) if xml.is_file() else None
+
+    def watch(self, net) -> None:
+        """From now on :meth:`fits` only while ``net`` (the network exported) keeps its weights."""
+        self.net, self.stamp = net, _weights_stamp(net)
 
     def fits(self, x) -> bool:
         """Whether ``x`` (an array) is a batch of this copy's windows and the network, if known,

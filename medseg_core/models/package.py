@@ -225,23 +225,6 @@ def storage_of(parent_dtype: str) -> str:
     return "int8" if parent_dtype.startswith("int8") else "half" if parent_dtype == "float16" else "float32"
 
 
-def round_as_stored(net: torch.nn.Module, storage: str) -> None:
-    """Round ``net``'s weights in place to what ``storage`` keeps of them (an int8 parent's own
-    weights come back unchanged: their per-channel scale is their largest value over 127)."""
-    if storage == "float32":
-        return
-    import torch
-
-    state = net.state_dict()
-    with torch.no_grad():
-        if storage == "int8":
-            net.load_state_dict({k: v.to(state[k].dtype) for k, v in dequantize(quantize_int8(state)).items()})
-        else:
-            for v in state.values():
-                if v.is_floating_point():
-                    v.copy_(v.half().float())
-
-
 def record_validation(package_dir: str | Path, summary: dict, cases: int, note: str = "") -> None:
     """Store an evaluation summary (``evaluate_folders``' ``summary``) in a package's card.
 

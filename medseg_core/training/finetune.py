@@ -62,7 +62,7 @@ from ..io.corrections import read_correction
 from ..io.image import read_channels
 from ..metrics.overlap import dice_per_value
 from ..models.card import ModelCard, NetworkSpec
-from ..models.package import ModelPackage, find_model, round_as_stored, save_package, storage_of, user_models_dir
+from ..models.package import ModelPackage, find_model, save_package, storage_of, user_models_dir
 from ..nets.routed import RoutedNetwork
 from ..nets.slicewise import volume_patch
 from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
@@ -233,8 +233,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
                         v.copy_(start[k] + float(blend) * (v - start[k]))
         if route:
             net.set_routed(set(net.routed) | {v for c in prepared for v in c.routed})
-        storage = storage_of(parent.weights.dtype)
-        round_as_stored(net, storage)  # the weights as they will be stored
+        storage = storage_of(parent.weights.dtype)  # the Dice after is measured on what is stored
         seconds["finetune"] = time.perf_counter() - t
 
         names = parent.label_names()
