@@ -122,7 +122,10 @@ def volumes_ml(labels: np.ndarray, spacing, names: dict[int, str]) -> dict[str, 
 
 def quantised_confidence(confidence: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """The confidence map as an image on ``reference``'s grid, in steps of 1/CONFIDENCE_STEPS."""
-    img = sitk.GetImageFromArray(np.round(confidence * CONFIDENCE_STEPS) / CONFIDENCE_STEPS)
+    steps = np.multiply(confidence, CONFIDENCE_STEPS, dtype=np.float32)  # one full-size array, not three
+    np.rint(steps, out=steps)
+    steps /= CONFIDENCE_STEPS
+    img = sitk.GetImageFromArray(steps)
     img.CopyInformation(reference)
     return img
 

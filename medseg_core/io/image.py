@@ -167,7 +167,8 @@ def write_float_volume(image: sitk.Image, path: str | os.PathLike) -> None:
     Raises:
         InputError: the file cannot be written.
     """
-    write_image(sitk.Cast(image, sitk.sitkFloat32), path)
+    # a float32 image is written as it is: a cast would copy a full-size CT's map for nothing
+    write_image(image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32), path)
 
 
 def array_to_image(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
