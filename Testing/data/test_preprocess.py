@@ -95,3 +95,28 @@ def test_restricting_to_the_foreground_box_is_exact(phantom):
     all_background = np.zeros_like(probs)
     all_background[0] = 1.0
     assert not probabilities_to_labels(all_background, pre.grid, phantom.image).any()
+
+
+def test_each_class_resampled_only_in_its_own_box_is_exact(phantom):
+    # Four classes in blobs apart, one of them (3) ahead of the background only where class 1 is
+    # ahead of it too, two (1, 2) overlapping at a corner: each class is resampled only around
+    # where it beats the background, and the labels equal the plain argmax of every class over
+    # the whole input grid, on the phantom's tilted, flipped, anisotropic grid.
+    prep = Preprocessor(PreprocessConfig(spacing=[2.0, 2.5, 3.0], modality="CT", normalization=[{"scheme": "zscore"}]))
+    pre = prep([phantom.image], phantom.label)
+    rng = np.random.default_rng(2)
+    probs = rng.random((5,) + pre.label.shape).astype(np.float32) * 0.2
+    probs[0] += 0.7
+    z, y, x = (s // 2 for s in pre.label.shape)
+    probs[1, z - 4:z + 2, y - 4:y + 2, x - 3:x + 3] += 1.5
+    probs[2, z:z + 4, y:y + 3, x:x + 5] += 1.4
+    probs[3, z - 3:z, y - 3:y, x - 2:x + 1] += 1.0
+    probs[4, 1:4, 1:4, 1:5] += 2.0
+    probs /= probs.sum(0)
+    fast = probabilities_to_labels(probs, pre.grid, phantom.image)
+    full = [sitk.GetArrayFromImage(sitk.Resample(pre.grid.image(probs[c]), phantom.image, sitk.Transform(),
+                                                 sitk.sitkLinear, 1.0 if c == 0 else 0.0, sitk.sitkFloat32))
+            for c in range(5)]
+    expected = np.argmax(np.stack(full), axis=0)
+    assert all((expected == c).sum() > 5 for c in (1, 2, 4)) and not (expected == 3).any()
+    np.testing.assert_array_equal(fast, expected)

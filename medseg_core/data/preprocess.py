@@ -241,40 +241,48 @@ def to_input_grid(array_zyx: np.ndarray, grid: Grid, reference: sitk.Image, defa
     box = tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, offset[::-1]))
     src = grid.image(np.ascontiguousarray(array_zyx, dtype=np.float32))
     # GetArrayFromImage, not a view: the resampled image is a temporary
-    out[box] = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), interp, float(default), sitk.sitkFloat32))
+    out[box] = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), interp, float(default),
+                                                    sitk.sitkFloat32))
     return out
 
 
 def probabilities_to_labels(probs: np.ndarray, grid: Grid, reference: sitk.Image) -> np.ndarray:
     """Resample class probabilities (N, z, y, x) onto the reference grid and take the argmax.
 
-    One class at a time, and only over the part of the reference that the model grid's
-    foreground box covers: the box around the model voxels where a foreground class wins, grown
-    by one voxel. Outside it every model voxel that linear interpolation reads has the background
-    ahead of each class, so any convex combination of them does too: the restriction is exact,
-    and on a full-size CT it cut this step from 3.3 s to a fraction. Memory is one float32 and
-    one uint8 array of the reference's size plus the running maximum. Outside the model grid the
-    background wins.
+    Only where a class can win: the background over the part of the reference that the model
+    grid's foreground box covers (the box around the model voxels where a foreground class wins,
+    grown by one voxel), each foreground class over its own box (around the model voxels where it
+    is ahead of the background, grown by one voxel). Outside a class's box every model voxel that
+    linear interpolation reads has the background at least as high, so any convex combination of
+    them does too: the class cannot win there, and the restriction is exact. On a full-size CT it
+    cut this step from 3.3 s to 0.8 s (the foreground box), then to a fraction (the class boxes).
+    Memory is one float32 and one uint8 array of the reference's size plus the running maximum.
+    Outside the model grid the background wins; ties go to the lower class, as in ``np.argmax``.
     """
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8 if probs.shape[0] < 256 else np.uint16)
     fg_box = bbox_from_mask(np.argmax(probs, axis=0) != 0, margin=1, min_count=1)
-    if fg_box is None:
-        return labels
-    sub_grid = grid.sub_grid(fg_box)
-    region = covered_region(sub_grid, reference)
+    region = covered_region(grid.sub_grid(fg_box), reference) if fg_box is not None else None
     if region is None:
         return labels
     box, sub = region
+    within = [b.start for b in box[::-1]] + [b.stop for b in box[::-1]]  # the region, (i, j, k) order
+    best = _resampled(probs[0], fg_box, grid, sub, 1.0)
     sub_labels = labels[box]
-    best = None
-    for c in range(probs.shape[0]):
-        src = sub_grid.image(np.ascontiguousarray(probs[(c,) + fg_box], dtype=np.float32))
-        pc = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), sitk.sitkLinear,
-                                                  1.0 if c == 0 else 0.0, sitk.sitkFloat32))
-        if best is None:
-            best = pc
+    for c in range(1, probs.shape[0]):
+        c_box = bbox_from_mask(probs[c] > probs[0], margin=1, min_count=1)
+        c_region = covered_region(grid.sub_grid(c_box), reference, within=within) if c_box is not None else None
+        if c_region is None:
             continue
-        better = pc > best
-        sub_labels[better] = c
-        np.maximum(best, pc, out=best)
+        c_ref, c_sub = c_region
+        inner = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(c_ref, box))
+        pc, top, lab = _resampled(probs[c], c_box, grid, c_sub, 0.0), best[inner], sub_labels[inner]
+        lab[pc > top] = c
+        np.maximum(top, pc, out=top)
     return labels
+
+
+def _resampled(prob: np.ndarray, box: tuple[slice, ...], grid: Grid, onto: sitk.Image, default: float) -> np.ndarray:
+    """One class's probabilities in the model-grid ``box``, linearly resampled onto ``onto``'s grid."""
+    src = grid.sub_grid(box).image(np.ascontiguousarray(prob[box], dtype=np.float32))
+    out = sitk.Resample(src, onto, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
