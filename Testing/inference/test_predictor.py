@@ -4,8 +4,9 @@ from types import SimpleNamespace
 
 import torch
 
-from medseg_core.inference.predictor import Predictor, _grid_index
 from medseg_core.data.preprocess import Grid
+from medseg_core.inference.box_prompt import grid_index
+from medseg_core.inference.predictor import Predictor
 
 
 def _stub(spatial_dims, classes):
@@ -39,5 +40,5 @@ def test_grid_index_inverts_the_grids_geometry():
     grid = Grid((10.0, -5.0, 2.0), (2.0, 3.0, 4.0), tuple(rot.flatten().tolist()), (20, 20, 20))
     ijk = torch.tensor([3.0, 4.0, 5.0])
     point = torch.tensor(grid.origin) + rot @ (ijk * torch.tensor(grid.spacing))
-    z, y, x = _grid_index(grid, point.tolist())
+    z, y, x = grid_index(grid, point.tolist())
     assert [round(v, 6) for v in (x, y, z)] == [3.0, 4.0, 5.0]

@@ -111,8 +111,25 @@ def test_finetune_measures_its_new_weights_not_an_export_of_the_parents(tmp_path
     edited = sitk.GetImageFromArray(lab)
     edited.CopyInformation(ph.label)
     sitk.WriteImage(edited, str(tmp_path / "l.nii.gz"))
+    sharing = []  # (the new model's predictor, the parent's, whether they shared)
+    share = predictor.Predictor.share_windows
+    monkeypatch.setattr(predictor.Predictor, "share_windows",
+                        lambda self, parent: sharing.append((self, parent, share(self, parent))) or sharing[-1][2])
     res = finetune("phantom-unet", [(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")], steps=4, lr=5e-3, device="cpu")
     assert res.dice_after != res.dice_before
+    # the new model's parent half is the parent's OpenVINO windows, and took every window from the
+    # parent's pass; the Dice after is what the stored package gives when both halves run
+    [(child, parent, shared)] = sharing
+    assert shared and child._openvino.base is parent._openvino
+    assert child._openvino.base.reused > 0 and child._openvino.base.reused == len(parent._openvino.memo)
+    from medseg_core.models import load_package
+    from medseg_core.training import finetune as ft
+    from medseg_core.training.finetune_card import summarise
+
+    child = predictor.Predictor(load_package(res.package_dir), device="cpu")
+    assert child._net is None and child.runtime == "openvino"  # both halves' exports filed for it: no PyTorch
+    cases = ft._prepare(child, [(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")], lambda *a, **k: None)
+    assert summarise(ft._evaluate(child, cases, lambda *a, **k: None)[0], child.card.label_names())[0] == res.dice_after
     # the new package (a routed network: the parent and the fine-tuned copy) exports and runs on
     # OpenVINO as it runs on PyTorch (in float32 there too, on a CPU with bf16 as well)
     from medseg_core.segment import segment_files
@@ -168,3 +185,68 @@ def test_once_exported_a_cpu_run_never_imports_pytorch_and_still_checks_the_weig
         f.write(b"\0\0\0\0")
     with pytest.raises(ModelError, match="SHA-256"):
         segment_files([path], str(pkg), tmp_path / "c", device="cpu")
+
+
+def test_routing_in_numpy_is_the_networks_own():
+    from medseg_core.nets.routed import route
+
+    torch.manual_seed(0)
+    base, tuned = torch.randn(2, 6, 5, 4, 3) * 20, torch.randn(2, 6, 5, 4, 3) * 20  # a trained network's range
+    tuned[0, 1, 2, 2, 1] += 300  # the copy leaves the other classes less than e^-200 here
+    for routed in ([1, 3], [5], []):
+        got = runtime.route_log_probs(base.numpy().copy(), tuned.numpy().copy(), routed)
+        np.testing.assert_allclose(got, route(base, tuned, routed).numpy(), atol=1e-4, rtol=0)
+        assert np.isfinite(got).all()
+
+
+class _CountingRequest:
+    """An OpenVINO infer request that counts the windows it runs."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def infer(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.infer(*args, **kwargs)
+
+    def get_output_tensor(self, i):
+        return self.inner.get_output_tensor(i)
+
+
+@needs_openvino
+def test_a_routed_network_runs_as_its_two_halves_and_a_window_met_again_is_not_run_again(monkeypatch):
+    from types import SimpleNamespace
+
+    from medseg_core.nets import build_network
+    from medseg_core.nets.routed import RoutedNetwork
+
+    torch.manual_seed(1)
+    spec = {"name": "unet", "kwargs": {"spatial_dims": 3, "features": [4, 8, 16], "in_channels": 1, "out_channels": 4}}
+    net = RoutedNetwork.around(build_network(spec["name"], **spec["kwargs"]), spec, [2]).eval()
+    with torch.no_grad():
+        for p in net.tuned.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    card = SimpleNamespace(weights=SimpleNamespace(sha256="ef" * 32),
+                           network=SimpleNamespace(name="routed", kwargs={"routed": [2]}))
+    window = (1, 16, 32, 32)
+    assert runtime.cached_windows(card, window, bf16=False) is None
+    windows = runtime.windows_for(net, card, window, bf16=False)
+    x = torch.randn(2, 1, 16, 32, 32)
+    with torch.inference_mode():
+        ref = net(x).logits.numpy()
+    assert np.abs(windows(x.numpy()) - ref).max() < 1e-3
+    assert runtime.cached_windows(card, window, bf16=False) is not None  # both halves are in the cache
+    base, tuned = _CountingRequest(windows.base.request), _CountingRequest(windows.tuned.request)
+    windows.base.request, windows.tuned.request = base, tuned
+    windows.memo = {}
+    first = windows(x.numpy())
+    again = windows(x.numpy())  # the parent half's windows come from the memo, the copy's run again
+    assert (base.calls, tuned.calls, windows.base.reused) == (2, 4, 2)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(again - ref).max() < 1e-3
+    windows(x.numpy() + 1.0)  # other windows: run
+    assert base.calls == 4
+    monkeypatch.setattr(runtime, "MEMO_BYTES", first[0].nbytes)  # room for one window's output
+    windows.memo = {}
+    windows(x.numpy())
+    assert len(windows.memo) == 1

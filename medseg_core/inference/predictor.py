@@ -19,11 +19,12 @@ from ..data.preprocess import Grid, Preprocessor, probabilities_to_labels, to_in
 from ..errors import InputError
 from ..models import ModelPackage
 from ..nets.slicewise import from_net, to_net, volume_patch
+from .box_prompt import grid_index, lsnet_on_box
 from .confidence import entropy_confidence
 from .device import resolve_device, surely_cpu, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
-from .runtime import OpenVinoWindows, choose, export
+from .runtime import OpenVinoWindows, RoutedWindows, cached_windows, choose, windows_for
 from .sliding_window import sliding_window_predict
 
 FIT_MARGIN = 16
@@ -79,13 +80,6 @@ def fitted_patch(patch: Sequence[int], spatial: Sequence[int]) -> tuple[int, ...
     return tuple(int(p) if p == 1 else min(int(p), -(-int(s) // step) * step) for p, s in zip(patch, spatial))
 
 
-def _grid_index(grid: Grid, point_mm) -> tuple[float, float, float]:
-    """An LPS point's continuous (z, y, x) voxel on the model grid."""
-    rot = np.reshape(grid.direction, (3, 3))
-    ijk = rot.T @ (np.asarray(point_mm, dtype=float) - np.asarray(grid.origin)) / np.asarray(grid.spacing)
-    return float(ijk[2]), float(ijk[1]), float(ijk[0])
-
-
 class Predictor:
     """Holds one loaded model; ``predict`` may be called for many images.
 
@@ -112,7 +106,9 @@ class Predictor:
         self.overlap = overlap
         self.progress = progress or (lambda *a, **k: None)
         self._net = self._device = None
-        self._openvino: OpenVinoWindows | None = None  # built on the first window of the card's size
+        self._openvino: OpenVinoWindows | RoutedWindows | None = None  # built on the first window of the card's size
+        self._memo: dict | None = None
+        self._parent_windows: OpenVinoWindows | None = None  # a routed network's parent half, shared
         if not self._from_export(device, runtime):
             self._device = resolve_device(device)
             self.device_type = self._device.type
@@ -138,7 +134,7 @@ class Predictor:
             return False
         self.amp = use_bf16("cpu")
         try:
-            windows = OpenVinoWindows.cached(self.card.weights.sha256, self._window(), bf16=self.amp)
+            windows = cached_windows(self.card, self._window(), bf16=self.amp)
         except Exception:  # a damaged export: the full path exports it again or runs PyTorch
             return False
         if windows is None:
@@ -199,14 +195,36 @@ class Predictor:
             y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits.float()
         return y.cpu().numpy()
 
-    def _openvino_windows(self) -> OpenVinoWindows | None:
+    def remember_windows(self, memo: dict | None) -> None:
+        """Keep the outputs of the windows OpenVINO runs in ``memo`` (by a digest of their input)
+        and take them from there when a window comes again (a routed network's parent half only)."""
+        self._memo = memo
+        if self._openvino is not None:
+            self._openvino.memo = memo
+
+    def share_windows(self, parent: Predictor) -> bool:
+        """Before this predictor runs: where its network is routed and the parent half is
+        ``parent``'s network, bit for bit (a fine-tune's new model and the predictor it was trained
+        from), run that half by ``parent``'s OpenVINO windows, with their memo
+        (:meth:`remember_windows`: the windows ``parent`` ran are not run again). True where shared."""
+        from ..nets.routed import RoutedNetwork
+
+        theirs = parent._openvino
+        if theirs is None or not isinstance(self.net, RoutedNetwork) or not self.net.same_parent(parent.net):
+            return False
+        self._parent_windows = theirs.base if isinstance(theirs, RoutedWindows) else theirs
+        self._memo = theirs.memo
+        return True
+
+    def _openvino_windows(self) -> OpenVinoWindows | RoutedWindows | None:
         """OpenVINO for the card's windows, built once; a network it cannot take goes back to
         PyTorch (said once in the progress messages)."""
         if self._openvino is None:
             window = self._window()
             try:
-                xml = export(self.net, window, self.card.weights.sha256, log=lambda m: self.progress("infer", 0.0, m))
-                self._openvino = OpenVinoWindows(xml, window, bf16=self.amp, net=self.net)
+                self._openvino = windows_for(self.net, self.card, window, self.amp,
+                                             log=lambda m: self.progress("infer", 0.0, m), parent=self._parent_windows)
+                self._openvino.memo = self._memo
             except Exception as exc:  # an op OpenVINO or the exporter lacks: PyTorch runs it
                 self.runtime = "torch"
                 self.progress("infer", 0.0, f"OpenVINO cannot run {self.card.name} ({type(exc).__name__}); "
@@ -287,37 +305,6 @@ class Predictor:
             total = out if total is None else total + out
         return total / len(flips), extras, len(flips)
 
-    def _lsnet_on_box(self, image: np.ndarray, grid: Grid, roi_mm: list[float]) -> np.ndarray:
-        """Class probabilities from an L-SNet whose region is the user's box (no keypoints):
-        the S-Net segments the recalibrated box, pasted back into the (cropped) volume."""
-        import torch
-
-        corners = [[x, y, z] for x in roi_mm[0::3] for y in roi_mm[1::3] for z in roi_mm[2::3]]
-        idx = np.array([_grid_index(grid, c) for c in corners])  # (z, y, x)
-        lo = np.clip(np.floor(idx.min(0) + 0.5), 0, None)  # voxel edges
-        hi = np.minimum(np.ceil(idx.max(0) + 0.5), np.array(image.shape[1:]))
-        x = torch.from_numpy(image)[None].to(self.device)
-        # the L-Net still runs over the whole input: a crop smaller than the trained window is
-        # padded at its far end (box coordinates unchanged) so its deepest level keeps some extent
-        spatial = list(image.shape[1:]) if self.card.spatial_dims == 3 else list(image.shape[2:])
-        pad = [max(0, int(p) - n) for p, n in zip(self.card.patch_size, spatial)]
-        if any(pad):
-            flat = [v for d in reversed(pad) for v in (0, d)]
-            x = torch.nn.functional.pad(x, flat + ([0, 0] if self.card.spatial_dims == 2 else []),
-                                        value=float(x.min()))
-        with torch.inference_mode():
-            if self.card.spatial_dims == 3:
-                box = torch.tensor([[list(lo) + list(hi)]], dtype=torch.float32, device=self.device)
-                logits = self.net(x, boxes=box).logits[0][(slice(None),) + tuple(slice(0, n) for n in spatial)]
-            else:  # slice by slice inside the box
-                n = self.card.num_classes
-                logits = torch.full((n,) + tuple(image.shape[1:]), -10.0, device=self.device)
-                logits[0] = 0.0
-                box = torch.tensor([[[lo[1], lo[2], hi[1], hi[2]]]], dtype=torch.float32, device=self.device)
-                for z in range(int(lo[0]), int(hi[0])):
-                    logits[:, z] = self.net(x[:, :, z], boxes=box).logits[0][:, :spatial[0], :spatial[1]]
-        return torch.softmax(logits.float(), 0).cpu().numpy()
-
     def predict(self, images: list[sitk.Image], tta: bool = False, confidence: bool = True,
                 roi_mm: list[float] | None = None, organ_box: bool = True, fit: bool = False,
                 centers_mm: dict | None = None) -> Prediction:
@@ -354,9 +341,9 @@ class Predictor:
         seconds["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         if box is not None and organ_box and self.heads.box_prompt:  # L-SNet: S-Net on the box
-            probs, extras, passes = self._lsnet_on_box(pre.image, pre.grid, roi_mm), {}, 1
+            probs, extras, passes = lsnet_on_box(self.net, self.card, self.device, pre.image, pre.grid, roi_mm), {}, 1
         else:
-            centers = {v: _grid_index(pre.grid, p) for v, p in (centers_mm or {}).items()}
+            centers = {v: grid_index(pre.grid, p) for v, p in (centers_mm or {}).items()}
             probs, extras, passes = self.predict_array(pre.image, tta, fit=fit, centers=centers)
         head = extras.get("confidence")
         if head is not None:

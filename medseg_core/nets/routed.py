@@ -72,6 +72,13 @@ class RoutedNetwork(SegNetwork):
             raise ValueError(f"routed classes must be organs ({top}), got {routed}")
         self.routed = routed
 
+    def same_parent(self, other: torch.nn.Module) -> bool:
+        """Whether :attr:`base` is ``other`` (a routed ``other``'s own :attr:`base`), weight for
+        weight and bit for bit: then the windows one computed serve the other."""
+        other = other.base if isinstance(other, RoutedNetwork) else other
+        mine, theirs = self.base.state_dict(), other.state_dict()
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k].cpu(), theirs[k].cpu()) for k in mine)
+
     def spec(self) -> dict:
         """This network as a card names it."""
         return {"name": "routed", "kwargs": {"base": self.base_spec, "routed": list(self.routed)}}
@@ -115,8 +122,9 @@ def _logsumexp_over(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     ONNX that is ReduceLogSumExp, which OpenVINO 2026.4 computed up to 63 away from PyTorch and
     ONNX Runtime on log-probabilities of a trained network's size (``Testing/nets/test_routed.py``).
     """
-    top = (x - 1e4 * (1 - keep)).amax(1, keepdim=True)
-    return top + ((x - top).exp() * keep).sum(1, keepdim=True).log()
+    x = x - 1e4 * (1 - keep)  # the others far below: exp(x - top) is 0 there, never inf * 0
+    top = x.amax(1, keepdim=True)
+    return top + (x - top).exp().sum(1, keepdim=True).log()
 
 
 def _device_of(net: torch.nn.Module) -> torch.device:

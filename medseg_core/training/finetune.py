@@ -24,19 +24,18 @@ parent, and the new package holds both (:class:`~medseg_core.nets.routed.RoutedN
 organs edited in these corrections (or routed by an earlier generation) take the copy's
 probabilities, the others keep the parent's, so the organs the user accepted do not drift on new
 patients (``route``; ``blend`` still interpolates the copy's weights toward the parent, WiSE-FT's
-way, off by default). Dice is measured again with the new
-weights (rounded to the dtype they will be stored in), and the package is written once,
-atomically, at the very end: an error or an interruption leaves nothing behind.
+way, off by default). Dice is measured again on the package as stored (its parent half's windows
+are the parent's, from the first pass) before it is renamed into place: an error or an
+interruption leaves nothing behind.
 
 The recipe was chosen on ``hn-oar-unet``, 2 CPU threads (``benchmarks/finetune.py``, then the
-clinic styles of ``benchmarks/adaptation.py``; figures in ``docs/results.md``): 30 steps of batch
-2, patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4, frozen encoder, bf16
-autocast where native and on CUDA. The accepted-organ targets took the other organs' loss on new
-cases from 0.026 to 0.002, distillation closed more of a style's gap, and ``blend`` 0.5 halved
-what other new cases still lost (0.018 -> 0.009) but also what the style taught, which routing
-keeps; L2-SP (``anchor``), a lower learning rate, the full window and training only the finest
-decoder levels did not help.
-"""
+clinic styles of ``benchmarks/adaptation.py``; figures in ``docs/results.md``): 15 steps a case
+(at most 30) of batch 2, patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4,
+frozen encoder, bf16 autocast where native and on CUDA. The accepted-organ targets took the other
+organs' loss on new cases from 0.026 to 0.002, distillation closed more of a style's gap, and
+``blend`` 0.5 halved what other new cases still lost (0.018 -> 0.009) but also what the style
+taught, which routing keeps; L2-SP (``anchor``), a lower learning rate, the full window and training only the finest
+decoder levels did not help."""
 
 from __future__ import annotations
 
@@ -211,6 +210,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
 
         t = time.perf_counter()
         report("evaluate", 0.0, "Dice of the parent model on the corrected case(s)")
+        memo: dict = {}  # the parent's windows, which the new model's parent half runs again
+        pred.remember_windows(memo)
         before_cases, parent_preds, parent_probs = _evaluate(pred, prepared, report, keep_probs=distill > 0)
         seconds["evaluate_before"] = time.perf_counter() - t
         if not force:
@@ -241,8 +242,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         edited = {names[v] for c in prepared for v in c.edited}
         record = {
             "cases": [c.record for c in prepared], "steps": steps, "voxels_changed": changed, "lr": lr,
-            "batch_size": BATCH_SIZE,
-            "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
+            "batch_size": BATCH_SIZE, "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
             "distill": distill, "anchor": anchor, "blend": float(blend),
             "routed": [names[v] for v in net.routed] if route else None,
             "seconds": None, "seconds_by_stage": None, "device": str(pred.device),
@@ -261,7 +261,9 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
             OpenVINO where it runs the parent: exported here once, into the cache later runs read)."""
             t = time.perf_counter()
             report("evaluate", 0.0, "Dice of the fine-tuned model on the corrected case(s)")
-            after_cases, _, _ = _evaluate(Predictor(staged, device=pred.device.type), prepared, report)
+            child = Predictor(staged, device=pred.device.type)
+            child.share_windows(pred)  # its parent half is pred's network: those windows ran already
+            after_cases, _, _ = _evaluate(child, prepared, report)
             seconds["evaluate_after"] = time.perf_counter() - t
             after["dice"], per_after = summarise(after_cases, names)
             after["per_label"] = {
@@ -327,7 +329,7 @@ def _evaluate(pred: Predictor, cases: list[_Case], report, keep_probs: bool = Fa
         if case.target is None:  # the parent's pass: which organs did the user change?
             case.edited, case.routed, case.target = what_was_edited(pred.card, case, probs, labels)
             case.record["labels_edited"] = [pred.card.label_names()[v] for v in case.edited]
-        kept.append(np.asarray(probs, dtype=np.float16) if keep_probs else None)
+        kept.append(torch.from_numpy(np.asarray(probs, np.float32)).half().numpy() if keep_probs else None)  # 4x np
         per_case.append(dice_per_value(labels, case.label, case.annotated))
     pred.progress = lambda *a, **k: None
     report("evaluate", 1.0, "")
