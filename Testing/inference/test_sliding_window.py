@@ -20,6 +20,15 @@ def test_softmax_by_hand():
     assert np.allclose(p, [[0.25, 0.75], [0.5, 0.5]])  # and no overflow at large logits
 
 
+def test_softmax_leaves_the_logits_alone_and_computes_half_precision_in_float32():
+    logits = np.array([[0.0, 1.0, 2.0], [-3.0, 0.5, 60000.0]], dtype=np.float16)
+    kept = logits.copy()
+    p = softmax(logits, axis=1)
+    assert p.dtype == np.float32 and np.array_equal(logits, kept)
+    e = np.exp([0.0, 1.0, 2.0])
+    assert np.allclose(p[0], e / e.sum()) and np.allclose(p[1], [0.0, 0.0, 1.0])
+
+
 def test_pointwise_predictor_is_reproduced_exactly_and_extra_channels_are_blended_raw():
     # A voxel-wise network gives the same probabilities in every window, so blending is exact; an
     # extra channel (a confidence logit) is averaged as it is, without the softmax.

@@ -38,9 +38,9 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Softmax along ``axis``, in place on a float32 copy of ``logits``."""
-    out = np.array(logits, dtype=np.float32)
-    out -= out.max(axis=axis, keepdims=True)
+    """Softmax along ``axis``, into a new float32 array (``logits`` is left as it is)."""
+    # the copy and the shift in one pass: copying first, then subtracting, read the logits twice
+    out = np.subtract(logits, logits.max(axis=axis, keepdims=True), dtype=np.float32)
     np.exp(out, out=out)
     out /= out.sum(axis=axis, keepdims=True)
     return out
@@ -97,8 +97,9 @@ def sliding_window_predict(
             logits = predictor(batch)
         logits = np.asarray(logits, dtype=np.float32)
         probs = softmax(logits[:, :num_classes])
+        probs *= weight  # in place: a product per window was a fresh 25 MB array to fault in
         for i, s in enumerate(sl):
-            acc[(slice(None, num_classes),) + s] += probs[i] * weight
+            acc[(slice(None, num_classes),) + s] += probs[i]
             if num_extra:
                 acc[(slice(num_classes, None),) + s] += logits[i, num_classes:] * weight
             norm[s] += weight
