@@ -213,8 +213,9 @@ def main() -> int:
                       f"({seconds / k:.0f} s a case)", flush=True)
                 print(f"    {ft['steps']} steps, {ft['precision']}, routed {ft.get('routed')}; seconds by stage: "
                       + ", ".join(f"{n} {v:.1f}" for n, v in ft["seconds_by_stage"].items()), flush=True)
-                print("    per organ, change: " + ", ".join(
-                    f"{n} {v - base['per_organ'][n]:+.3f}" for n, v in ev["per_organ"].items()), flush=True)
+                print("    per organ, change: " + ", ".join(  # an organ no new case has gets no figure, not "+nan"
+                    f"{n} {v - base['per_organ'][n]:+.3f}" if np.isfinite(v - base["per_organ"][n])
+                    else f"{n} (in no new case)" for n, v in ev["per_organ"].items()), flush=True)
             parent = MODEL
             for g in range(a.chain):
                 fix = correction(parent, fit_cases[g], f"gen{g + 1}")  # on what this generation drew
