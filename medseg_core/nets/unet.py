@@ -171,6 +171,8 @@ class UNet(UNetBody, SegNetwork):
         input (B, in_channels, *S) -> ``SegOutput.logits`` (B, out_channels, *S), any S.
     """
 
+    channels_last_training = True
+
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128, 256), strides: Sequence | None = None,
                  norm: str = "instance", act: str = "leakyrelu", deep_supervision: bool = False,

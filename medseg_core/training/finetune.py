@@ -66,7 +66,7 @@ from ..nets.routed import RoutedNetwork
 from ..nets.slicewise import volume_patch
 from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
 from .finetune_targets import errors, refuse_disagreeing, steps_for, what_was_edited
-from .loop import TrainingLoop
+from .loop import TrainingLoop, channels_last_on_cpu
 from .recipes import build_recipe
 from .schedule import lr_factor
 
@@ -364,12 +364,13 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
     augment = Augmenter(axes, swap, seed=seed + 1)
     recipe = build_recipe("finetune", freeze_encoder=not knobs["train_all"], distill=knobs["distill"],
                           anchor=knobs["anchor"])
+    layout = channels_last_on_cpu(net, dev, card.spatial_dims)  # moves net
     recipe.attach(net, None)
     opt = torch.optim.AdamW(recipe.parameters(net), lr=lr, weight_decay=_weight_decay(card))
     warmup = max(1, min(10, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, s / steps, warmup))
     amp = use_bf16(dev)
-    loop = TrainingLoop(recipe, net, sampler, augment, opt, sched, BATCH_SIZE, card.spatial_dims, dev, amp)
+    loop = TrainingLoop(recipe, net, sampler, augment, opt, sched, BATCH_SIZE, card.spatial_dims, dev, amp, layout)
     recipe.train_mode(net)
     running, t_loop = None, time.perf_counter()
     try:
@@ -384,6 +385,7 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
                    elapsed / step * (steps - step))
     finally:
         recipe.detach(net)
+        net.to(memory_format=torch.contiguous_format)  # saved and exported in the plain layout
     return recipe, amp
 
 
@@ -393,7 +395,5 @@ def _weight_decay(card: ModelCard) -> float:
 
 
 def _cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    affinity = getattr(os, "sched_getaffinity", None)  # absent on macOS and Windows
+    return max(1, len(affinity(0)) if affinity else (os.cpu_count() or 1))

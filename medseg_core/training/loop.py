@@ -29,6 +29,8 @@ class TrainingLoop:
         spatial_dims: the network's (2D networks get single-slice patches without their slice axis).
         device: where the batch is computed.
         amp: bf16 autocast.
+        memory_format: the layout the batch is handed to the network in (``torch.channels_last_3d``
+            where the network was moved to it, :func:`channels_last_on_cpu`).
     """
 
     recipe: object
@@ -41,6 +43,7 @@ class TrainingLoop:
     spatial_dims: int
     device: torch.device
     amp: bool = False
+    memory_format: torch.memory_format = torch.contiguous_format
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -52,6 +55,7 @@ class TrainingLoop:
             raise ValueError("soft targets need an augmentation that leaves voxels where they are")
         x, y = self.augment(x, y)
         x, y = to_net(x, self.spatial_dims), labels_to_net(y, self.spatial_dims)
+        x = x.contiguous(memory_format=self.memory_format)
         if soft:
             self.recipe.soft_targets = to_net(soft[0], self.spatial_dims)
         self.recipe.before_step(step, fraction)
@@ -63,3 +67,16 @@ class TrainingLoop:
         """After a step: the learning-rate schedule, then the recipe's (``steps_done`` counts it)."""
         self.scheduler.step()
         self.recipe.after_step(steps_done)
+
+
+def channels_last_on_cpu(net: torch.nn.Module, device: torch.device, spatial_dims: int) -> torch.memory_format:
+    """Moves ``net`` to the layout to train it in and returns that layout: channels-last for a 3D
+    network on the CPU that declares it computes the same so
+    (:attr:`~medseg_core.nets.base.SegNetwork.channels_last_training`), where PyTorch's
+    convolutions are faster that way; the plain layout otherwise. The caller moves the network back
+    (``net.to(memory_format=torch.contiguous_format)``) before saving or exporting it."""
+    fmt = torch.contiguous_format
+    if device.type == "cpu" and spatial_dims == 3 and getattr(net, "channels_last_training", False):
+        fmt = torch.channels_last_3d
+    net.to(memory_format=fmt)
+    return fmt
