@@ -1,41 +1,36 @@
 """``medseg finetune``: adapt a model to a few corrected segmentations, as a NEW model package.
 
-The parent package is only read. Each case is an image and its corrected label (a labelmap or a
-3D Slicer ``.seg.nrrd``, read by :func:`~medseg_core.io.corrections.read_correction`: a model
-label the correction does not hold is *not annotated* there, and the marginal loss neither
-rewards nor punishes predicting it).
+The parent package is only read. Each case is an image and its corrected label (a labelmap or a 3D Slicer
+``.seg.nrrd``, read by :func:`~medseg_core.io.corrections.read_correction`: a model label the correction does
+not hold is *not annotated* there, and the marginal loss neither rewards nor punishes predicting it).
 
-Cases are preprocessed exactly like the card says (the :class:`Predictor`'s preprocessor). The
-parent segments each case first, and its result, brought onto the image's grid as ``medseg
-segment`` writes it, is compared with the correction organ by organ: an organ the user left as
-it was is *accepted*, and training fits the parent's own model-grid labels for it (the
-correction's copy of it went through a resampling and back: a staircase that, learnt, cost the
-other organs 0.025 Dice on new cases); only the edited organs come from the correction. The
-parent's Dice on the corrected cases is measured on the model grid, over the annotated labels
-present in each correction. Then the network is trained on patches of these cases (half of the
-patch centres on voxels the user changed, the rest class-balanced,
-:class:`~medseg_core.data.sampling.PatchSampler`) by the ``finetune`` recipe: Dice + CE aware of
-``annotated``, deep supervision, the encoder frozen by default, and the parent's probabilities
-distilled on every voxel the correction accepts (``distill``; mirroring is then off, since the
-probabilities would have to follow it); through the training loop's one step
-(:class:`~medseg_core.training.loop.TrainingLoop`), AdamW, warm-up then polynomial decay. The
-steps follow the correction's size (:func:`steps_for`). The trained network is a copy of the
-parent, and the new package holds both (:class:`~medseg_core.nets.routed.RoutedNetwork`): the
-organs edited in these corrections (or routed by an earlier generation) take the copy's
-probabilities, the others keep the parent's, so the organs the user accepted do not drift on new
-patients (``route``; ``blend`` still interpolates the copy's weights toward the parent, WiSE-FT's
-way, off by default). Dice is measured again on the package as stored (its parent half's windows
-are the parent's, from the first pass) before it is renamed into place: an error or an
-interruption leaves nothing behind.
+Cases are preprocessed exactly like the card says (the :class:`Predictor`'s preprocessor). The parent segments
+each case first, and its result, brought onto the image's grid as ``medseg segment`` writes it, is compared
+with the correction organ by organ: an organ the user left as it was is *accepted*, and training fits the
+parent's own model-grid labels for it (the correction's copy of it went through a resampling and back: a
+staircase that, learnt, cost the other organs 0.025 Dice on new cases); only the edited organs come from the
+correction. The parent's Dice on the corrected cases is measured on the model grid, over the annotated labels
+present in each correction. Then the network is trained on patches of these cases (half of the patch centres
+on voxels the user changed, the rest class-balanced, :class:`~medseg_core.data.sampling.PatchSampler`) by the
+``finetune`` recipe: Dice + CE aware of ``annotated``, deep supervision, the encoder frozen by default, and
+the parent's probabilities distilled on every voxel the correction accepts (``distill``; mirroring is then
+off, since the probabilities would have to follow it); through the training loop's one step
+(:class:`~medseg_core.training.loop.TrainingLoop`), AdamW, warm-up then polynomial decay. The steps follow the
+correction's size (:func:`steps_for`). The trained network is a copy of the parent, and the new package holds
+both (:class:`~medseg_core.nets.routed.RoutedNetwork`): the organs edited in these corrections (or routed by
+an earlier generation) take the copy's probabilities, the others keep the parent's, so the organs the user
+accepted do not drift on new patients (``route``; ``blend`` still interpolates the copy's weights toward the
+parent, WiSE-FT's way, off by default). Dice is measured again on the package as stored (its parent half's
+windows are the parent's, from the first pass) before it is renamed into place: an error or an interruption
+leaves nothing behind.
 
-The recipe was chosen on ``hn-oar-unet``, 2 CPU threads (``benchmarks/finetune.py``, then the
-clinic styles of ``benchmarks/adaptation.py``; figures in ``docs/results.md``): 15 steps a case
-(at most 30) of batch 2, patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4,
-frozen encoder, bf16 autocast where native and on CUDA. The accepted-organ targets took the other
-organs' loss on new cases from 0.026 to 0.002, distillation closed more of a style's gap, and
-``blend`` 0.5 halved what other new cases still lost (0.018 -> 0.009) but also what the style
-taught, which routing keeps; L2-SP (``anchor``), a lower learning rate, the full window and training only the finest
-decoder levels did not help."""
+The recipe was chosen on ``hn-oar-unet``, 2 CPU threads (``benchmarks/finetune.py``, then the clinic styles of
+``benchmarks/adaptation.py``; figures in ``docs/results.md``): 15 steps a case (at most 30) of batch 2,
+patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4, frozen encoder, bf16 autocast where native
+and on CUDA, a 3D U-Net channels-last on the CPU. The accepted-organ targets took the other organs' loss on
+new cases from 0.026 to 0.002, distillation closed more of a style's gap, and ``blend`` 0.5 halved what other
+new cases still lost (0.018 -> 0.009) but also what the style taught, which routing keeps; L2-SP (``anchor``),
+a lower learning rate, the full window and training only the finest decoder levels did not help."""
 
 from __future__ import annotations
 
@@ -67,6 +62,7 @@ from ..nets.slicewise import volume_patch
 from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
 from .finetune_targets import errors, refuse_disagreeing, steps_for, what_was_edited
 from .loop import TrainingLoop, channels_last_on_cpu
+from .prefetch import import_in_background
 from .recipes import build_recipe
 from .schedule import lr_factor
 
@@ -209,6 +205,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         seconds["prepare"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        optimiser_import = import_in_background("torch._dynamo")  # AdamW's first build imports it (1.6 s)
         report("evaluate", 0.0, "Dice of the parent model on the corrected case(s)")
         memo: dict = {}  # the parent's windows, which the new model's parent half runs again
         pred.remember_windows(memo)
@@ -223,6 +220,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         knobs = {"distill": distill, "anchor": anchor, "train_all": train_all}
         net = _routed(pred.net, parent) if route else pred.net
         trainee = net.tuned if isinstance(net, RoutedNetwork) else net
+        optimiser_import.join()  # imported beside the parent's pass
         start = ({k: v.detach().clone() for k, v in trainee.state_dict().items() if v.is_floating_point()}
                  if blend < 1 else {})
         recipe, amp = _train(pred, trainee, prepared, parent_preds, parent_probs, patch, steps, lr, knobs, seed,
