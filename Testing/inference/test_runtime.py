@@ -76,6 +76,24 @@ def test_openvino_windows_equal_pytorchs_and_the_export_is_made_once():
 
 
 @needs_openvino
+def test_a_stretched_window_is_compiled_on_first_use_and_equals_pytorch():
+    from medseg_core.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("unet", spatial_dims=3, features=[4, 8, 16], in_channels=1, out_channels=3).eval()
+    ov = OpenVinoWindows(runtime.export(net, (1, 16, 32, 32), "9a" * 32), (1, 16, 32, 32), threads=1, net=net)
+    x = torch.randn(1, 1, 16, 32, 36)  # x stretched by 1/8: within STRETCH
+    assert ov.fits(x.numpy()) and not ov.fits(np.zeros((1, 1, 16, 32, 37))) and not ov.fits(np.zeros((1, 1, 8, 32, 32)))
+    with torch.inference_mode():
+        ref = net(x).logits.numpy()
+    out = ov(x.numpy())
+    assert out.shape == ref.shape and np.allclose(out, ref, atol=1e-3), float(np.abs(out - ref).max())
+    assert len(ov._requests) == 2  # the card's window and the stretched one, each compiled once
+    ov(x.numpy())
+    assert len(ov._requests) == 2
+
+
+@needs_openvino
 def test_segment_with_openvino_writes_what_pytorch_writes(tmp_path):
     from medseg_core.data.phantom import make_phantom
     from medseg_core.segment import segment_files
@@ -236,8 +254,8 @@ def test_a_routed_network_runs_as_its_two_halves_and_a_window_met_again_is_not_r
         ref = net(x).logits.numpy()
     assert np.abs(windows(x.numpy()) - ref).max() < 1e-3
     assert runtime.cached_windows(card, window, bf16=False) is not None  # both halves are in the cache
-    base, tuned = _CountingRequest(windows.base.request), _CountingRequest(windows.tuned.request)
-    windows.base.request, windows.tuned.request = base, tuned
+    base, tuned = _CountingRequest(windows.base._requests[window]), _CountingRequest(windows.tuned._requests[window])
+    windows.base._requests[window], windows.tuned._requests[window] = base, tuned
     windows.memo = {}
     first = windows(x.numpy())
     again = windows(x.numpy())  # the parent half's windows come from the memo, the copy's run again

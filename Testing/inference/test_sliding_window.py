@@ -76,3 +76,41 @@ def test_with_starts_the_predictor_learns_each_windows_start_in_the_images_voxel
     assert {s[0] for s in seen} == {-1}
     assert sorted({s[1] for s in seen}) == window_starts(6, 4, 0.5)
     assert sorted({s[2] for s in seen}) == window_starts(7, 4, 0.5)
+
+
+def test_an_axis_a_little_longer_than_the_window_runs_in_one_stretched_window(tmp_path):
+    from medseg_core.data.preprocess_config import PreprocessConfig
+    from medseg_core.inference.predictor import Predictor
+    from medseg_core.inference.sliding_window import STRETCH, stretched_patch
+    from medseg_core.labels import Label
+    from medseg_core.models import ModelCard, save_package
+    from medseg_core.models.card import InferenceSpec, NetworkSpec
+    from medseg_core.nets import build_network
+
+    # hand-computed: 133 is 5 over 128 (under 1/8 of it): one window of 144 (9 x 16); 145 is too long
+    assert stretched_patch((64, 96, 128), (154, 76, 133)) == (64, 96, 144)
+    assert stretched_patch((64, 96, 128), (154, 76, 144)) == (64, 96, 144)
+    assert stretched_patch((64, 96, 128), (154, 76, 145)) == (64, 96, 128)
+    assert stretched_patch((64, 96, 128), (64, 96, 128)) == (64, 96, 128)  # a volume the window's size
+    assert stretched_patch((16, 16, 16), (17, 18, 19), multiple=2) == (18, 18, 16)  # 20 > 16 * (1 + 1/8)
+    assert STRETCH == 0.125
+
+    spec = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 8]}
+    card = ModelCard(name="tiny", version="1.0.0", description="test", modality="CT", channels=["CT"],
+                     labels=[Label(1, "Liver", (0.8, 0.4, 0.3))], preprocessing=PreprocessConfig(),
+                     network=NetworkSpec("unet", spec), inference=InferenceSpec([16, 16, 128]))
+    pkg = save_package(card, build_network("unet", **spec).state_dict(), tmp_path / "tiny")
+    pred = Predictor(pkg, device="cpu", runtime="torch")
+    seen = []
+    forward = pred._forward
+    pred._forward = lambda batch, centers=None: seen.append(batch.shape) or forward(batch, centers)
+    image = np.random.default_rng(0).normal(size=(1, 16, 16, 133)).astype(np.float32)
+    probs = pred.predict_array(image)[0]
+    assert probs.shape == (2, 16, 16, 133) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    assert seen == [(1, 1, 16, 16, 144)]  # one window, not two of 128 overlapping on 123 voxels
+    seen.clear()
+    pred.predict_array(np.zeros((1, 16, 16, 150), np.float32))  # 160 > 144: two of the card's windows
+    assert seen == [(2, 1, 16, 16, 128)]
+    seen.clear()
+    pred.predict_array(np.zeros((1, 16, 16, 133), np.float32), fit=True)  # a refine crop keeps its own plan
+    assert all(s[-1] == 128 for s in seen)

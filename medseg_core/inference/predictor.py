@@ -25,7 +25,7 @@ from .device import resolve_device, surely_cpu, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
 from .runtime import OpenVinoWindows, RoutedWindows, cached_windows, choose, windows_for
-from .sliding_window import sliding_window_predict
+from .sliding_window import sliding_window_predict, stretched_patch
 
 FIT_MARGIN = 16
 """Voxels of padding (the image's minimum: air for CT) kept around a crop in a fitted window. On
@@ -276,6 +276,9 @@ class Predictor:
         # fitted one its L-Net found a refine point's organ for 33 % of its Dice, in the full one 67 %
         if fit and not self.heads.distances:
             patch = fitted_patch(patch, [n + 2 * FIT_MARGIN for n in image.shape[1:]])
+        elif self.card.spatial_dims == 3 and not (self.heads.count or self.heads.center_prompt
+                                                  or self.heads.box_prompt):
+            patch = stretched_patch(patch, image.shape[1:])  # an axis a little longer: one window, not two
         centers = {v: c for v, c in (centers or {}).items() if self.heads.center_prompt
                    and v in self.heads.heatmap_classes}
         axes, swap = self.mirror if tta and not centers else ([], [])

@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
+from .sliding_window import STRETCH
 
 RUNTIMES = ("auto", "torch", "openvino")  # the CLI's and the requests' list: commands.checks.RUNTIMES
 KEEP_EXPORTS = 8
@@ -217,15 +218,23 @@ class OpenVinoWindows:
         if net is not None:
             self.watch(net)
         os.utime(Path(xml).parent)  # recently used: kept by the cache's pruning
-        core = ov.Core()
-        model = core.read_model(str(xml))
-        model.reshape([1, *self.window])
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32"}
+        self._core = ov.Core()
+        self._config = {"INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32"}
         threads = threads or _threads()
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._requests: dict[tuple[int, ...], object] = {}
+        self._request(self.window)
+
+    def _request(self, window: tuple[int, ...]):
+        """The compiled network for ``window`` (C, *spatial): the card's, compiled at once, or a
+        stretched one (:func:`~medseg_core.inference.sliding_window.stretched_patch`), compiled on
+        its first use (0.2 s for the bundled U-Net)."""
+        if window not in self._requests:
+            model = self._core.read_model(str(self.xml))
+            model.reshape([1, *window])
+            self._requests[window] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+        return self._requests[window]
 
     @classmethod
     def cached(cls, key: str, window: tuple[int, ...], bf16: bool = False,
@@ -239,9 +248,13 @@ class OpenVinoWindows:
         self.net, self.stamp = net, _weights_stamp(net)
 
     def fits(self, x) -> bool:
-        """Whether ``x`` (an array) is a batch of this copy's windows and the network, if known,
-        still has the weights the copy was made from."""
-        return tuple(x.shape[1:]) == self.window and (self.net is None or _weights_stamp(self.net) == self.stamp)
+        """Whether ``x`` (an array) is a batch of this copy's windows (the card's window, or one
+        stretched from it by at most ``STRETCH`` per axis) and the network, if known, still has
+        the weights the copy was made from."""
+        window = tuple(x.shape[1:])
+        stretched = len(window) == len(self.window) and window[0] == self.window[0] and all(
+            w <= n <= w * (1 + STRETCH) for w, n in zip(self.window[1:], window[1:]))
+        return stretched and (self.net is None or _weights_stamp(self.net) == self.stamp)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(B, C, *spatial) windows -> (B, N, *spatial) float32 logits, one window at a time (each
@@ -252,8 +265,9 @@ class OpenVinoWindows:
             key = None if self.memo is None else (window.shape, hashlib.blake2b(window.data, digest_size=16).digest())
             y = None if key is None else self.memo.get(key)
             if y is None:
-                self.request.infer([window], share_inputs=True)
-                y = self.request.get_output_tensor(0).data[0]
+                request = self._request(window.shape[1:])
+                request.infer([window], share_inputs=True)
+                y = request.get_output_tensor(0).data[0]
             else:
                 self.reused += 1
             if out is None:

@@ -37,6 +37,29 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return sorted({int(round(i * (size - patch) / (n - 1))) for i in range(n)})
 
 
+STRETCH = 0.125
+"""How much longer than the trained window an axis may be and still run in one window."""
+
+
+def stretched_patch(patch: tuple[int, ...], spatial, stretch: float = STRETCH, multiple: int = 16) -> tuple[int, ...]:
+    """The window for a volume of ``spatial`` voxels: the trained ``patch``, except that an axis
+    a little longer than it (by at most ``stretch`` of it) runs in one window as long as the axis,
+    rounded up to ``multiple`` (the networks' down-sampling), where two windows would overlap on
+    all but a few voxels and cost twice the network's time. An axis shorter than the patch keeps
+    it (the volume is padded, as before).
+
+    >>> stretched_patch((64, 96, 128), (154, 76, 133))
+    (64, 96, 144)
+    >>> stretched_patch((64, 96, 128), (154, 76, 145))
+    (64, 96, 128)
+    """
+    out = []
+    for p, n in zip(patch, spatial):
+        grown = -(-int(n) // multiple) * multiple
+        out.append(grown if p < n and grown <= p * (1 + stretch) else int(p))
+    return tuple(out)
+
+
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     """Softmax along ``axis``, into a new float32 array (``logits`` is left as it is)."""
     # the copy and the shift in one pass: copying first, then subtracting, read the logits twice
