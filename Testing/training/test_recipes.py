@@ -227,3 +227,31 @@ def test_recipes_train_resume_and_segment_end_to_end(phantom_dataset, tmp_path, 
     img = sorted((phantom_dataset / "imagesTr").glob("*.nii.gz"))[0]
     out = segment_files([img], str(tmp_path / "pkg"), tmp_path / "seg", device="cpu", predictor=None)
     assert out[0]["model"] == pkg.card.name and (tmp_path / "seg").is_dir()
+
+
+def test_finetune_distils_only_where_the_parent_agrees_with_the_target():
+    """The distillation term counts the voxels whose parent top class is the target's, and never
+    padding (an all-zero soft target); checked against the KL computed on that mask by hand."""
+    from types import SimpleNamespace
+
+    from medseg_core.losses import masked_kl_divergence
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 2, 2, 2)
+    target = torch.tensor([[[[0, 1], [2, 1]], [[0, 0], [2, 2]]]])
+    teacher = torch.softmax(3 * torch.randn(1, 3, 2, 2, 2), 1)
+    teacher[..., 1, 1, 1] = 0.0  # padding
+    teacher[0, :, 0, 0, 0] = torch.tensor([0.2, 0.7, 0.1])  # disagrees with target 0
+    teacher[0, :, 0, 0, 1] = torch.tensor([0.1, 0.6, 0.3])  # agrees with target 1
+    annotated = torch.ones(1, 3, dtype=torch.bool)
+    out = SimpleNamespace(logits=logits, deep_supervision=[])
+    plain = build_recipe("finetune", distill=0.0)
+    recipe = build_recipe("finetune", distill=2.0)
+    recipe.soft_targets = teacher
+    expected = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    for idx in [(0, z, y, x) for z in range(2) for y in range(2) for x in range(2)]:
+        expected[idx] = teacher[idx[0], :, idx[1], idx[2], idx[3]].sum() > 0.5 and \
+            int(teacher[idx[0], :, idx[1], idx[2], idx[3]].argmax()) == int(target[idx])
+    assert not expected[0, 0, 0, 0] and expected[0, 0, 0, 1] and not expected[0, 1, 1, 1]
+    extra = recipe.loss(out, target, annotated) - plain.loss(out, target, annotated)
+    torch.testing.assert_close(extra, 2.0 * masked_kl_divergence(logits, teacher, expected))
