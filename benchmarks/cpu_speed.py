@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import DATA, ROOT, end_to_end, mark  # noqa: E402
 
 HN_TYPICAL = "hn_202 (HNOAR, typical: 3 windows)"
+HN_WIDEST = "hn_201 (HNOAR, the widest validation case: 4 windows stretched across x)"
 CASES = {"lung1_ct (512 x 512 x 134)": DATA / "other-ct" / "lung1_ct.nii.gz",
          HN_TYPICAL: DATA / "HNOAR" / "imagesTr" / "hn_202_0000.nii.gz",
-         "hn_201 (HNOAR, the widest validation case: 8 windows)": DATA / "HNOAR" / "imagesTr" / "hn_201_0000.nii.gz"}
+         HN_WIDEST: DATA / "HNOAR" / "imagesTr" / "hn_201_0000.nii.gz"}
 TARGETS = {"lung1_ct (512 x 512 x 134)": (10.0, 2e9), HN_TYPICAL: (3.0, None),
-           "hn_201 (HNOAR, the widest validation case: 8 windows)": (3.0, None)}
+           HN_WIDEST: (3.0, None)}
 RATIO_TARGET = 1 / 3
 MODELS = ["hn-oar-unet", "hn-oar-pgd", "hn-oar-lfam", "hn-oar-focusnet", "hn-oar-lsnet", "hn-oar-dan"]
 MODEL_TARGET_S = 10.0

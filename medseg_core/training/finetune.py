@@ -25,7 +25,7 @@ windows are the parent's, from the first pass) before it is renamed into place: 
 leaves nothing behind.
 
 The recipe was chosen on ``hn-oar-unet``, 2 CPU threads (``benchmarks/finetune.py``, then the clinic styles of
-``benchmarks/adaptation.py``; figures in ``docs/results.md``): 15 steps a case (at most 30) of batch 2,
+``benchmarks/adaptation.py``; figures in ``docs/results.md``): 12 steps a case (at most 30) of batch 2,
 patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4, frozen encoder, bf16 autocast where native
 and on CUDA, a 3D U-Net channels-last on the CPU. The accepted-organ targets took the other organs' loss on
 new cases from 0.026 to 0.002, distillation closed more of a style's gap, and ``blend`` 0.5 halved what other
