@@ -91,6 +91,10 @@ def test_a_stretched_window_is_compiled_on_first_use_and_equals_pytorch():
     assert len(ov._requests) == 2  # the card's window and the stretched one, each compiled once
     ov(x.numpy())
     assert len(ov._requests) == 2
+    ov(np.zeros((1, 1, 16, 36, 32), np.float32))  # another stretched window replaces the last one
+    assert sorted(ov._requests) == [(1, 16, 32, 32), (1, 16, 36, 32)]
+    # 18 is not a multiple of the network's down-sampling (4): the export cannot take it, PyTorch runs it
+    assert not ov.fits(np.zeros((1, 1, 18, 32, 32))) and (1, 18, 32, 32) in ov._refused
 
 
 @needs_openvino

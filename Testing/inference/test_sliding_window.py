@@ -107,10 +107,23 @@ def test_an_axis_a_little_longer_than_the_window_runs_in_one_stretched_window(tm
     image = np.random.default_rng(0).normal(size=(1, 16, 16, 133)).astype(np.float32)
     probs = pred.predict_array(image)[0]
     assert probs.shape == (2, 16, 16, 133) and np.allclose(probs.sum(0), 1, atol=1e-5)
-    assert seen == [(1, 1, 16, 16, 144)]  # one window, not two of 128 overlapping on 123 voxels
+    # one window, not two of 128 overlapping on 123 voxels; this network down-samples once: 133 -> 134
+    assert seen == [(1, 1, 16, 16, 134)]
     seen.clear()
     pred.predict_array(np.zeros((1, 16, 16, 150), np.float32))  # 160 > 144: two of the card's windows
     assert seen == [(2, 1, 16, 16, 128)]
     seen.clear()
     pred.predict_array(np.zeros((1, 16, 16, 133), np.float32), fit=True)  # a refine crop keeps its own plan
     assert all(s[-1] == 128 for s in seen)
+
+
+def test_the_down_sampling_factor_comes_from_the_card_and_a_routed_card_takes_its_parents():
+    from types import SimpleNamespace as N
+
+    from medseg_core.inference.predictor import downsampling
+
+    unet = {"features": [8, 16, 32, 64], "strides": [[1, 2, 2], 2, 2]}
+    assert downsampling(N(spatial_dims=3, network=N(kwargs=unet))) == (4, 8, 8)
+    routed = {"base": {"name": "unet", "kwargs": unet}, "routed": [1]}
+    assert downsampling(N(spatial_dims=3, network=N(kwargs=routed))) == (4, 8, 8)
+    assert downsampling(N(spatial_dims=3, network=N(kwargs={"snet_feature_channels": 8}))) is None

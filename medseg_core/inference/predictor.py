@@ -80,6 +80,29 @@ def fitted_patch(patch: Sequence[int], spatial: Sequence[int]) -> tuple[int, ...
     return tuple(int(p) if p == 1 else min(int(p), -(-int(s) // step) * step) for p, s in zip(patch, spatial))
 
 
+def downsampling(card) -> tuple[int, ...] | None:
+    """Per spatial axis, the factor a U-Net-family network (``features``, optional ``strides``)
+    down-samples by, so a window it runs must be a multiple of it (exported to OpenVINO the size
+    matching of odd inputs is fixed at export); None for other networks (they keep the card's window).
+
+    >>> from types import SimpleNamespace as N
+    >>> downsampling(N(spatial_dims=3, network=N(kwargs={"features": [16, 32, 64, 128, 256]})))
+    (16, 16, 16)
+    >>> downsampling(N(spatial_dims=3, network=N(kwargs={"features": [4, 8, 16], "strides": [[1, 2, 2], 2]})))
+    (2, 4, 4)
+    """
+    kw = card.network.kwargs
+    kw = kw.get("base", {}).get("kwargs", kw) if "base" in kw else kw  # a routed network: its parent's
+    if "features" not in kw:
+        return None
+    strides = kw.get("strides") or [2] * (len(kw["features"]) - 1)
+    out = [1] * card.spatial_dims
+    for s in strides:
+        for axis, f in enumerate(s if isinstance(s, (list, tuple)) else [s] * card.spatial_dims):
+            out[axis] *= int(f)
+    return tuple(out)
+
+
 class Predictor:
     """Holds one loaded model; ``predict`` may be called for many images.
 
@@ -277,8 +300,9 @@ class Predictor:
         if fit and not self.heads.distances:
             patch = fitted_patch(patch, [n + 2 * FIT_MARGIN for n in image.shape[1:]])
         elif self.card.spatial_dims == 3 and not (self.heads.count or self.heads.center_prompt
-                                                  or self.heads.box_prompt):
-            patch = stretched_patch(patch, image.shape[1:])  # an axis a little longer: one window, not two
+                                                  or self.heads.box_prompt) and downsampling(self.card):
+            # an axis a little longer than the window: one window, not two
+            patch = stretched_patch(patch, image.shape[1:], multiple=downsampling(self.card))
         centers = {v: c for v, c in (centers or {}).items() if self.heads.center_prompt
                    and v in self.heads.heatmap_classes}
         axes, swap = self.mirror if tta and not centers else ([], [])

@@ -224,13 +224,17 @@ class OpenVinoWindows:
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._requests: dict[tuple[int, ...], object] = {}
+        self._refused: set[tuple[int, ...]] = set()  # stretched windows the export could not take
         self._request(self.window)
 
     def _request(self, window: tuple[int, ...]):
         """The compiled network for ``window`` (C, *spatial): the card's, compiled at once, or a
         stretched one (:func:`~medseg_core.inference.sliding_window.stretched_patch`), compiled on
-        its first use (0.2 s for the bundled U-Net)."""
+        its first use (0.2 s for the bundled U-Net). Only the card's and the last stretched one are
+        kept: each holds its own activation buffers, and a long-lived worker meets many volumes."""
         if window not in self._requests:
+            for other in [w for w in self._requests if w != self.window]:
+                del self._requests[other]
             model = self._core.read_model(str(self.xml))
             model.reshape([1, *window])
             self._requests[window] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
@@ -254,7 +258,16 @@ class OpenVinoWindows:
         window = tuple(x.shape[1:])
         stretched = len(window) == len(self.window) and window[0] == self.window[0] and all(
             w <= n <= w * (1 + STRETCH) for w, n in zip(self.window[1:], window[1:]))
-        return stretched and (self.net is None or _weights_stamp(self.net) == self.stamp)
+        if not stretched or window in self._refused:
+            return False
+        if self.net is not None and _weights_stamp(self.net) != self.stamp:
+            return False
+        try:
+            self._request(window)  # compiled here, so a window the export cannot take goes to PyTorch
+        except Exception:  # noqa: BLE001 - OpenVINO's shape errors have no common type
+            self._refused.add(window)
+            return False
+        return True
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(B, C, *spatial) windows -> (B, N, *spatial) float32 logits, one window at a time (each

@@ -41,12 +41,12 @@ STRETCH = 0.125
 """How much longer than the trained window an axis may be and still run in one window."""
 
 
-def stretched_patch(patch: tuple[int, ...], spatial, stretch: float = STRETCH, multiple: int = 16) -> tuple[int, ...]:
+def stretched_patch(patch: tuple[int, ...], spatial, stretch: float = STRETCH, multiple=16) -> tuple[int, ...]:
     """The window for a volume of ``spatial`` voxels: the trained ``patch``, except that an axis
     a little longer than it (by at most ``stretch`` of it) runs in one window as long as the axis,
-    rounded up to ``multiple`` (the networks' down-sampling), where two windows would overlap on
-    all but a few voxels and cost twice the network's time. An axis shorter than the patch keeps
-    it (the volume is padded, as before).
+    rounded up to ``multiple`` (the network's down-sampling factor; one per axis or one for all),
+    where two windows would overlap on all but a few voxels and cost twice the network's time. An
+    axis shorter than the patch keeps it (the volume is padded, as before).
 
     >>> stretched_patch((64, 96, 128), (154, 76, 133))
     (64, 96, 144)
@@ -54,8 +54,9 @@ def stretched_patch(patch: tuple[int, ...], spatial, stretch: float = STRETCH, m
     (64, 96, 128)
     """
     out = []
-    for p, n in zip(patch, spatial):
-        grown = -(-int(n) // multiple) * multiple
+    multiples = multiple if isinstance(multiple, (tuple, list)) else (multiple,) * len(patch)
+    for p, n, m in zip(patch, spatial, multiples):
+        grown = -(-int(n) // int(m)) * int(m)
         out.append(grown if p < n and grown <= p * (1 + stretch) else int(p))
     return tuple(out)
 
