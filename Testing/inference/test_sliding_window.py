@@ -4,15 +4,21 @@ import math
 
 import numpy as np
 
-from medseg_core.inference.sliding_window import gaussian_importance, sliding_window_predict, softmax, window_starts
+from medseg_core.inference.sliding_window import (STEP_SLACK, gaussian_importance, sliding_window_predict, softmax,
+                                                  window_starts)
 
 
 def test_window_starts_cover_the_axis():
-    for size, patch in [(10, 4), (64, 64), (97, 32), (5, 8)]:
+    for size, patch in [(10, 4), (64, 64), (97, 32), (5, 8), (65, 64), (161, 64), (300, 64)]:
         starts = window_starts(size, patch, 0.5)
         assert starts[0] == 0
         assert starts[-1] == max(0, size - patch)
         assert all(b - a <= patch for a, b in zip(starts, starts[1:]))
+        # evenly spaced, at most the step (half the window) and STEP_SLACK of it apart
+        assert all(b - a <= patch // 2 * (1 + STEP_SLACK) + 1 for a, b in zip(starts, starts[1:]))
+    assert window_starts(65, 64, 0.5) == [0, 1]  # one voxel over: still two windows
+    assert window_starts(161, 64, 0.5) == [0, 32, 65, 97]  # 97 / 3 = 32.3: within the slack
+    assert window_starts(163, 64, 0.5) == [0, 25, 50, 74, 99]  # 99 / 3 = 33: a fifth window
 
 
 def test_softmax_by_hand():

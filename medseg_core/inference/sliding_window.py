@@ -28,12 +28,25 @@ def gaussian_importance(patch_size: tuple[int, ...], sigma_scale: float = 0.125)
     return w
 
 
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Start indices covering [0, size) with windows of ``patch`` (size >= patch)."""
+STEP_SLACK = 0.05
+"""How far, as a share of one step, the windows' even spacing may exceed the overlap's step
+before another window is added."""
+
+
+def window_starts(size: int, patch: int, overlap: float, slack: float = STEP_SLACK) -> list[int]:
+    """Start indices covering [0, size) with windows of ``patch`` (size >= patch), evenly spaced
+    at most a step of ``patch * (1 - overlap)`` apart, or up to ``slack`` of a step more where
+    that saves a window: the full-size chest CT's 161 slices in windows of 64 took five windows
+    for a step of 32.3 against 32 (four now, overlap 0.495); none of the 33 HNOAR validation
+    cases changes.
+
+    >>> window_starts(161, 64, 0.5), window_starts(161, 64, 0.5, slack=0.0)
+    ([0, 32, 65, 97], [0, 24, 48, 73, 97])
+    """
     if size <= patch:
         return [0]
     step = max(1, int(patch * (1.0 - overlap)))
-    n = int(np.ceil((size - patch) / step)) + 1
+    n = max(2, int(np.ceil((size - patch) / step - slack)) + 1)  # two at least: the axis is longer
     return sorted({int(round(i * (size - patch) / (n - 1))) for i in range(n)})
 
 
