@@ -108,6 +108,14 @@ def mean_over(rows: list[dict], keys) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def share(closed: float, table: bool = False) -> str:
+    """How much of the gap a fine-tune closed, or that there was none (the style does not lower
+    the parent's Dice on these new cases: nothing to close)."""
+    if not np.isfinite(closed):
+        return "no gap" if table else "the style leaves the parent no gap to close"
+    return f"{100 * closed:.0f} %" if table else f"closed {100 * closed:.0f} % of the gap"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--styles", default="margin,cut,merge,tiny")
@@ -208,7 +216,7 @@ def main() -> int:
                                  "seconds": seconds, "seconds_per_case": seconds / k, "steps": ft["steps"],
                                  "seconds_by_stage": ft["seconds_by_stage"], "precision": ft["precision"],
                                  "routed": ft.get("routed")}
-                print(f"  K={k}: styled {ev['styled']:.4f} (closed {100 * closed:.0f} % of the gap), others "
+                print(f"  K={k}: styled {ev['styled']:.4f} ({share(closed)}), others "
                       f"{ev['others']:.4f} ({ev['others'] - base['others']:+.4f}), {seconds:.0f} s "
                       f"({seconds / k:.0f} s a case)", flush=True)
                 print(f"    {ft['steps']} steps, {ft['precision']}, routed {ft.get('routed')}; seconds by stage: "
@@ -232,7 +240,7 @@ def main() -> int:
         for style, e in results["styles"].items():
             for k, r in e["k"].items():
                 print(f"| {style} | {', '.join(e['organs'])} | {k} | {r['styled']:.4f} ({e['parent']['styled']:.4f}) | "
-                      f"{100 * r['closed']:.0f} % | {r['others_change']:+.4f} | {r['seconds_per_case']:.0f} |")
+                      f"{share(r['closed'], table=True)} | {r['others_change']:+.4f} | {r['seconds_per_case']:.0f} |")
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1, default=float))
         return 0
