@@ -27,6 +27,11 @@ takes about 2 minutes, ``--styles margin --k 1,3,5 --new 4 --chain 5`` about 12 
 twice as long).
 
     python benchmarks/adaptation.py [--styles margin,cut,merge,tiny] [--k 1,3,5] [--new 6] [--chain 0]
+                                    [--style-the-model]
+
+``--style-the-model`` draws each correction as the style applied to the model's own result (its
+parotids grown, its cord cut or merged into its brainstem) instead of the styled organs redrawn
+from the reference: the reference's own case-to-case variation then stays out of what is taught.
 """
 
 from __future__ import annotations
@@ -125,6 +130,9 @@ def main() -> int:
     ap.add_argument("--fit-cases", type=int, default=5,
                     help="validation cases kept for corrections (at least max K and --chain); the new ones follow")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--style-the-model", action="store_true",
+                    help="corrections apply the style to the model's own result (its brainstem grown into its cord, "
+                         "...) instead of redrawing the styled organs from the reference contours")
     ap.add_argument("--json", default=None)
     ap.add_argument("--finetune-args", default="{}",
                     help="JSON of finetune() keyword arguments, e.g. '{\"distill\": 0}'")
@@ -178,7 +186,9 @@ def main() -> int:
             def correction(model_dir: str, c: str, tag: str) -> Path:
                 """``model_dir``'s result on case ``c``, the styled organs redrawn: what a clinician sends back."""
                 corr = predict(model_dir, c).copy()
-                for name in STYLED[style]:
+                if a.style_the_model:  # the model's own organs, drawn in the style: no annotator's variation
+                    corr = styled_labels(corr, style, values, refs[c])
+                for name in ([] if a.style_the_model else STYLED[style]):
                     v = values[name]
                     corr[corr == v] = 0
                     corr[styled[c] == v] = v
