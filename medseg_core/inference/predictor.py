@@ -300,9 +300,8 @@ class Predictor:
         if fit and not self.heads.distances:
             patch = fitted_patch(patch, [n + 2 * FIT_MARGIN for n in image.shape[1:]])
         elif self.card.spatial_dims == 3 and not (self.heads.count or self.heads.center_prompt
-                                                  or self.heads.box_prompt) and downsampling(self.card):
-            # an axis a little longer than the window: one window, not two
-            patch = stretched_patch(patch, image.shape[1:], multiple=downsampling(self.card))
+                                                  or self.heads.box_prompt) and (step := downsampling(self.card)):
+            patch = stretched_patch(patch, image.shape[1:], multiple=step)  # a little longer: one window, not two
         centers = {v: c for v, c in (centers or {}).items() if self.heads.center_prompt
                    and v in self.heads.heatmap_classes}
         axes, swap = self.mirror if tta and not centers else ([], [])

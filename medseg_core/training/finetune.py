@@ -61,7 +61,7 @@ from ..nets.routed import RoutedNetwork
 from ..nets.slicewise import volume_patch
 from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
 from .finetune_targets import errors, refuse_disagreeing, steps_for, what_was_edited
-from .loop import TrainingLoop, channels_last_on_cpu
+from .loop import TrainingLoop, to_training_layout
 from .prefetch import import_in_background
 from .recipes import build_recipe
 from .schedule import lr_factor
@@ -362,7 +362,7 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
     augment = Augmenter(axes, swap, seed=seed + 1)
     recipe = build_recipe("finetune", freeze_encoder=not knobs["train_all"], distill=knobs["distill"],
                           anchor=knobs["anchor"])
-    layout = channels_last_on_cpu(net, dev, card.spatial_dims)  # moves net
+    layout = to_training_layout(net, dev, card.spatial_dims)
     recipe.attach(net, None)
     opt = torch.optim.AdamW(recipe.parameters(net), lr=lr, weight_decay=_weight_decay(card))
     warmup = max(1, min(10, steps // 10))

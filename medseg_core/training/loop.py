@@ -30,7 +30,7 @@ class TrainingLoop:
         device: where the batch is computed.
         amp: bf16 autocast.
         memory_format: the layout the batch is handed to the network in (``torch.channels_last_3d``
-            where the network was moved to it, :func:`channels_last_on_cpu`).
+            where the network was moved to it, :func:`to_training_layout`).
     """
 
     recipe: object
@@ -69,8 +69,8 @@ class TrainingLoop:
         self.recipe.after_step(steps_done)
 
 
-def channels_last_on_cpu(net: torch.nn.Module, device: torch.device, spatial_dims: int) -> torch.memory_format:
-    """Moves ``net`` to the layout to train it in and returns that layout: channels-last for a 3D
+def to_training_layout(net: torch.nn.Module, device: torch.device, spatial_dims: int) -> torch.memory_format:
+    """Moves ``net`` to the layout to train it in, and returns that layout: channels-last for a 3D
     network on the CPU that declares it computes the same so
     (:attr:`~medseg_core.nets.base.SegNetwork.channels_last_training`), where PyTorch's
     convolutions are faster that way; the plain layout otherwise. The caller moves the network back
