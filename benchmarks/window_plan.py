@@ -25,7 +25,9 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "HNOAR"
 PLANS = {"today": "card window, overlap 0.5, a little longer axis stretched (today)",
          "before": "card window, overlap 0.5, never stretched (before)",
-         "overlap25": "card window, overlap 0.25", "whole": "whole cropped volume"}
+         "overlap25": "card window, overlap 0.25", "whole": "whole cropped volume",
+         "fit16": "an axis shorter than the card window in a window fitted to it with 16 voxels of air each side",
+         "fit8": "fitted, 8 voxels of air each side", "fit0": "fitted, no air added"}
 
 
 def dice_per_organ(pred: np.ndarray, ref: np.ndarray, values) -> dict[int, float]:
@@ -73,11 +75,13 @@ def main() -> int:
             pred = P.Predictor(pkg, device="cpu", overlap=0.25 if plan == "overlap25" else 0.5)
             if plan == "whole":
                 P.fitted_patch, P.FIT_MARGIN = uncapped, 0
+            if plan.startswith("fit"):
+                P.FIT_MARGIN = int(plan[3:])
             if plan in ("before", "overlap25"):
-                P.stretched_patch = lambda patch, spatial: tuple(patch)
+                P.stretched_patch = lambda patch, spatial, **kw: tuple(patch)
             try:
                 t = time.perf_counter()
-                out = pred.predict(images, confidence=False, fit=plan == "whole")
+                out = pred.predict(images, confidence=False, fit=plan == "whole" or plan.startswith("fit"))
                 seconds = time.perf_counter() - t
             finally:
                 P.fitted_patch, P.FIT_MARGIN, P.stretched_patch = capped, margin, stretched

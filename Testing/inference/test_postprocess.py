@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg_core.inference.postprocess import keep_largest_components, postprocess
+from medseg_core.inference.postprocess import (CONFIDENCE_STEPS, keep_largest_components, postprocess,
+                                                quantise_confidence)
 from medseg_core.models import bundled_dir, find_model
 from medseg_core.models.package import sha256_file
 
@@ -68,3 +69,24 @@ def test_the_tool_writes_the_rule_and_copies_the_weights_byte_for_byte(tmp_path)
     pkg.build()  # the card's SHA-256 still verifies
     tool.write_with_rule(tmp_path / "ruled", [], tmp_path / "plain")
     assert find_model(str(tmp_path / "plain")).card.to_dict() == find_model(str(source)).card.to_dict()
+
+
+def test_the_confidence_is_quantised_in_place_and_the_mask_sees_the_written_map():
+    rng = np.random.default_rng(3)
+    conf = rng.random((6, 7, 8), dtype=np.float32)
+    before = conf.copy()
+    same = quantise_confidence(conf)
+    assert same is conf  # in place: no second full-size array
+    steps = conf * CONFIDENCE_STEPS
+    np.testing.assert_array_equal(steps, np.round(steps))
+    assert np.abs(conf - before).max() <= 0.5 / CONFIDENCE_STEPS + 1e-7
+    # through postprocess: a value just under the threshold that rounds up to it is not low
+    card = find_model("phantom-unet").card
+    labels = np.ones((4, 4, 4), np.uint8)
+    img = sitk.GetImageFromArray(labels)
+    c = np.full((4, 4, 4), 0.9, np.float32)
+    c[0, 0, 0] = 0.5 - 0.2 / CONFIDENCE_STEPS  # rounds to 0.5: not under 0.5
+    c[1, 1, 1] = 0.5 - 0.8 / CONFIDENCE_STEPS  # rounds to 0.5 - 1/STEPS: under
+    case = postprocess(img, c, None, card, 0.5)
+    low = case.extra_segments[0][2]
+    assert case.confidence is c and not low[0, 0, 0] and low[1, 1, 1] and low.sum() == 1

@@ -88,11 +88,11 @@ def test_a_stretched_window_is_compiled_on_first_use_and_equals_pytorch():
         ref = net(x).logits.numpy()
     out = ov(x.numpy())
     assert out.shape == ref.shape and np.allclose(out, ref, atol=1e-3), float(np.abs(out - ref).max())
-    assert len(ov._requests) == 2  # the card's window and the stretched one, each compiled once
+    assert len(ov.windows) == 2  # the card's window and the stretched one, each compiled once
     ov(x.numpy())
-    assert len(ov._requests) == 2
+    assert len(ov.windows) == 2
     ov(np.zeros((1, 1, 16, 36, 32), np.float32))  # another stretched window replaces the last one
-    assert sorted(ov._requests) == [(1, 16, 32, 32), (1, 16, 36, 32)]
+    assert ov.windows == [(1, 16, 32, 32), (1, 16, 36, 32)]
     # 18 is not a multiple of the network's down-sampling (4): the export cannot take it, PyTorch runs it
     assert not ov.fits(np.zeros((1, 1, 18, 32, 32))) and (1, 18, 32, 32) in ov._refused
 
@@ -258,8 +258,9 @@ def test_a_routed_network_runs_as_its_two_halves_and_a_window_met_again_is_not_r
         ref = net(x).logits.numpy()
     assert np.abs(windows(x.numpy()) - ref).max() < 1e-3
     assert runtime.cached_windows(card, window, bf16=False) is not None  # both halves are in the cache
-    base, tuned = _CountingRequest(windows.base._requests[window]), _CountingRequest(windows.tuned._requests[window])
-    windows.base._requests[window], windows.tuned._requests[window] = base, tuned
+    key = (window, False)  # the logits' graph of the card's window
+    base, tuned = _CountingRequest(windows.base._requests[key]), _CountingRequest(windows.tuned._requests[key])
+    windows.base._requests[key], windows.tuned._requests[key] = base, tuned
     windows.memo = {}
     first = windows(x.numpy())
     again = windows(x.numpy())  # the parent half's windows come from the memo, the copy's run again
@@ -272,3 +273,40 @@ def test_a_routed_network_runs_as_its_two_halves_and_a_window_met_again_is_not_r
     windows.memo = {}
     windows(x.numpy())
     assert len(windows.memo) == 1
+
+
+@needs_openvino
+def test_weighted_windows_blend_as_the_logits_do_and_release_keeps_the_results():
+    from medseg_core.inference.sliding_window import sliding_window_predict
+    from medseg_core.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("unet", spatial_dims=3, features=[4, 8, 16], in_channels=1, out_channels=3).eval()
+    ov = OpenVinoWindows(runtime.export(net, (1, 16, 32, 32), "7c" * 32), (1, 16, 32, 32), threads=1, net=net)
+    image = np.random.default_rng(1).normal(size=(1, 24, 40, 36)).astype(np.float32)  # x stretched to 36
+    patch = (16, 32, 36)
+    ref = sliding_window_predict(image, ov, patch, 3, batch_size=2)
+    out = sliding_window_predict(image, ov, patch, 3, batch_size=2, weighted=ov.weighted)
+    assert out.shape == ref.shape == (3, 24, 40, 36)
+    np.testing.assert_allclose(out, ref, atol=1e-5)  # OpenVINO's softmax and product against numpy's
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)
+    assert (1, 16, 32, 36) in ov.windows
+    ov.release()  # the buffers are freed; the next window allocates them again
+    np.testing.assert_allclose(sliding_window_predict(image, ov, patch, 3, weighted=ov.weighted), out, atol=1e-6)
+    with pytest.raises(ValueError, match="class probabilities only"):
+        sliding_window_predict(image, ov, patch, 2, num_extra=1, weighted=ov.weighted)
+
+
+@needs_openvino
+def test_the_predictor_blends_openvinos_weighted_windows_in_float32_as_pytorchs_logits(monkeypatch):
+    from medseg_core.data.phantom import make_phantom
+    from medseg_core.inference.predictor import Predictor
+    from medseg_core.models import find_model
+
+    monkeypatch.setenv("MEDSEG_CPU_BF16", "0")  # the float32 path, where OpenVINO blends its windows itself
+    image = make_phantom(seed=5).image
+    runs = {rt: Predictor(find_model("phantom-unet"), device="cpu", runtime=rt) for rt in ("torch", "openvino")}
+    assert runs["openvino"]._weighted(tuple(runs["openvino"].card.patch_size)) is not None
+    assert runs["torch"]._weighted(tuple(runs["torch"].card.patch_size)) is None
+    probs = {rt: pred.predict([image], confidence=False).probabilities for rt, pred in runs.items()}
+    assert np.abs(probs["openvino"] - probs["torch"]).max() < 1e-3

@@ -122,6 +122,24 @@ def test_segmentation_with_large_label_values_is_uint16(tmp_path, labelmap):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)
 
 
+def test_more_than_255_extra_segments_in_one_layer_widen_it_to_uint16(tmp_path):
+    # an extra layer is uint8 (a full-size CT's is 35 MB) until a 256th segment shares it
+    labelmap = np.zeros((10, 6, 5), dtype=np.uint8)
+    labelmap[0, 0, 0] = 1
+    extras = []
+    for n in range(260):
+        mask = np.zeros(labelmap.shape, dtype=bool)
+        mask.flat[n] = True  # disjoint: all in the first extra layer
+        extras.append((f"Region {n}", (0.1, 0.2, 0.3), mask))
+    path = tmp_path / "many.seg.nrrd"
+    write_segmentation(make_image(labelmap), SEG_LABELS[:1], path, extras)
+    seg = slicerio.read_segmentation(str(path))
+    assert nrrd.read_header(str(path))["type"] == "uint16"
+    extra = [s for s in seg["segments"] if s["layer"] == 1]
+    assert [s["labelValue"] for s in extra] == list(range(1, 261))
+    np.testing.assert_array_equal(seg["voxels"][1].transpose(2, 1, 0).ravel()[:260], np.arange(1, 261))
+
+
 def test_read_segmentation_of_a_plain_labelmap(tmp_path, labelmap):
     path = tmp_path / "labels.nii.gz"
     write_labelmap(make_image(labelmap), path)

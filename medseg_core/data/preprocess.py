@@ -228,21 +228,21 @@ def to_input_grid(array_zyx: np.ndarray, grid: Grid, reference: sitk.Image, defa
     computed and returned (an array of the box's (z, y, x) shape).
     """
     if index_box is None:
-        out = np.full(reference.GetSize()[::-1], default, dtype=np.float32)
-        offset = np.zeros(3, dtype=int)
+        shape, offset = reference.GetSize()[::-1], np.zeros(3, dtype=int)
     else:
         lo, hi = np.asarray(index_box[:3], dtype=int), np.asarray(index_box[3:], dtype=int)
-        out = np.full((hi - lo)[::-1], default, dtype=np.float32)
-        offset = lo
+        shape, offset = tuple((hi - lo)[::-1]), lo
     region = covered_region(grid, reference, within=index_box)
     if region is None:
-        return out
+        return np.full(shape, default, dtype=np.float32)
     box, sub = region
     box = tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, offset[::-1]))
     src = grid.image(np.ascontiguousarray(array_zyx, dtype=np.float32))
-    # GetArrayFromImage, not a view: the resampled image is a temporary
-    out[box] = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), interp, float(default),
-                                                    sitk.sitkFloat32))
+    resampled = sitk.Resample(src, sub, sitk.Transform(), interp, float(default), sitk.sitkFloat32)
+    if tuple(b.stop - b.start for b in box) == tuple(shape):  # the model grid covers it all (a full-size CT)
+        return sitk.GetArrayFromImage(resampled)  # one full-size array, not three
+    out = np.full(shape, default, dtype=np.float32)
+    out[box] = sitk.GetArrayViewFromImage(resampled)  # a view: ``resampled`` outlives the copy
     return out
 
 

@@ -79,10 +79,13 @@ def postprocess(labels: sitk.Image, confidence: np.ndarray | None, prediction, c
                 threshold: float) -> CaseOutputs:
     """The layers and figures of one case; ``prediction`` is the
     :class:`~medseg_core.inference.predictor.Prediction` (None for a constant image, segmented as
-    background without the network). The card's per-organ component rule is applied first."""
+    background without the network). The card's per-organ component rule is applied first, and
+    ``confidence`` is quantised in place (:func:`quantise_confidence`)."""
     labels = keep_largest_components(labels, card.inference.largest_component)
     names = card.label_names()
     arr = np.asarray(sitk.GetArrayViewFromImage(labels))
+    if confidence is not None:
+        confidence = quantise_confidence(np.asarray(confidence, dtype=np.float32))
     out = CaseOutputs(labels, confidence)
     out.summary["volumes_ml"] = volumes_ml(arr, labels.GetSpacing(), names)
     out.labels_found = bool(arr.any())
@@ -120,12 +123,20 @@ def volumes_ml(labels: np.ndarray, spacing, names: dict[int, str]) -> dict[str, 
     return {name: round(float(counts[v]) * voxel_ml, 3) for v, name in names.items()}
 
 
+def quantise_confidence(confidence: np.ndarray) -> np.ndarray:
+    """``confidence`` rounded in place to multiples of 1/CONFIDENCE_STEPS (returned): the map the
+    low-confidence mask, the means and the file see is one. In place, as the copies (two more
+    full-size arrays) took 0.65 s and 400 MB on a full-size CT."""
+    confidence *= CONFIDENCE_STEPS
+    np.rint(confidence, out=confidence)
+    confidence /= CONFIDENCE_STEPS
+    return confidence
+
+
 def quantised_confidence(confidence: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """The confidence map as an image on ``reference``'s grid, in steps of 1/CONFIDENCE_STEPS."""
-    steps = np.multiply(confidence, CONFIDENCE_STEPS, dtype=np.float32)  # one full-size array, not three
-    np.rint(steps, out=steps)
-    steps /= CONFIDENCE_STEPS
-    img = sitk.GetImageFromArray(steps)
+    """The confidence map (quantised already, :func:`quantise_confidence`) as an image on
+    ``reference``'s grid."""
+    img = sitk.GetImageFromArray(confidence)
     img.CopyInformation(reference)
     return img
 

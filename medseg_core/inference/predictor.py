@@ -7,10 +7,9 @@ left/right labels), a per-voxel confidence map, and a user box to segment inside
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,7 +24,7 @@ from .device import resolve_device, surely_cpu, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
 from .runtime import OpenVinoWindows, RoutedWindows, cached_windows, choose, windows_for
-from .sliding_window import sliding_window_predict, stretched_patch
+from .sliding_window import downsampling, fitted_patch, sliding_window_predict, stretched_patch
 
 FIT_MARGIN = 16
 """Voxels of padding (the image's minimum: air for CT) kept around a crop in a fitted window. On
@@ -61,46 +60,6 @@ class Prediction:
         """One class's probability on the input grid (z, y, x), or on its voxel box
         ``[i0, j0, k0, i1, j1, k1]`` only."""
         return to_input_grid(self.probabilities[value], self.grid, self.reference, default=0.0, index_box=index_box)
-
-
-def fitted_patch(patch: Sequence[int], spatial: Sequence[int]) -> tuple[int, ...]:
-    """The window for a volume of ``spatial`` (z, y, x) voxels: per axis the volume's extent
-    rounded up to a multiple of the largest power of two that divides every side of the trained
-    window (the networks down-sample by two, so their total factor divides it), and never more
-    than the window.
-
-    >>> fitted_patch((64, 96, 128), (44, 28, 28))
-    (64, 32, 32)
-    >>> fitted_patch((1, 160, 160), (30, 50, 170))
-    (1, 64, 160)
-    """
-    sides = [int(p) for p in patch if int(p) > 1]
-    g = math.gcd(*sides) if sides else 1
-    step = g & -g
-    return tuple(int(p) if p == 1 else min(int(p), -(-int(s) // step) * step) for p, s in zip(patch, spatial))
-
-
-def downsampling(card) -> tuple[int, ...] | None:
-    """Per spatial axis, the factor a U-Net-family network (``features``, optional ``strides``)
-    down-samples by, so a window it runs must be a multiple of it (exported to OpenVINO the size
-    matching of odd inputs is fixed at export); None for other networks (they keep the card's window).
-
-    >>> from types import SimpleNamespace as N
-    >>> downsampling(N(spatial_dims=3, network=N(kwargs={"features": [16, 32, 64, 128, 256]})))
-    (16, 16, 16)
-    >>> downsampling(N(spatial_dims=3, network=N(kwargs={"features": [4, 8, 16], "strides": [[1, 2, 2], 2]})))
-    (2, 4, 4)
-    """
-    kw = card.network.kwargs
-    kw = kw.get("base", {}).get("kwargs", kw) if "base" in kw else kw  # a routed network: its parent's
-    if "features" not in kw:
-        return None
-    strides = kw.get("strides") or [2] * (len(kw["features"]) - 1)
-    out = [1] * card.spatial_dims
-    for s in strides:
-        for axis, f in enumerate(s if isinstance(s, (list, tuple)) else [s] * card.spatial_dims):
-            out[axis] *= int(f)
-    return tuple(out)
 
 
 class Predictor:
@@ -209,14 +168,26 @@ class Predictor:
     def _torch_forward(self, x: np.ndarray, centers=None) -> np.ndarray:
         import torch
 
-        dev = self.device
+        dev, net = self.device, self.net  # built outside inference mode: its weights must count their writes
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=self.amp and dev.type in ("cuda", "cpu")):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-            out = self.net(t) if centers is None else self.net(t, centers=centers)
+            out = net(t) if centers is None else net(t, centers=centers)
             chans = [out.logits] + (self.heads.channels(out, tuple(t.shape[2:])) if self.heads.count else [])
             y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits.float()
         return y.cpu().numpy()
+
+    def _weighted(self, patch) -> Callable | None:
+        """OpenVINO's probabilities times the blending weight for windows of ``patch``
+        (:meth:`OpenVinoWindows.weighted`), where OpenVINO runs this 3D network's windows in
+        float32 and keeps no memo; else None, and the logits come back. (In bf16 OpenVINO would
+        compute the softmax in bf16 too.)"""
+        if self.runtime != "openvino" or self.card.spatial_dims != 3:
+            return None
+        windows = self._openvino_windows()
+        if not isinstance(windows, OpenVinoWindows) or windows.bf16 or windows.memo is not None:
+            return None
+        return windows.weighted if windows.takes((len(self.card.channels), *patch)) else None
 
     def remember_windows(self, memo: dict | None) -> None:
         """Keep the outputs of the windows OpenVINO runs in ``memo`` (by a digest of their input)
@@ -311,12 +282,13 @@ class Predictor:
                 return self._forward(batch, self._window_centers(centers, starts, patch))
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         n, extra = self.card.num_classes, self.heads.count
+        weighted = None if centers or extra else self._weighted(patch)
         total, extras = None, {}
         for i, flip in enumerate(flips):
             dims = tuple(a + 1 for a in flip)
             out = sliding_window_predict(
                 np.flip(image, dims) if dims else image, forward, patch, n, overlap=self.overlap,
-                batch_size=self.batch_size, num_extra=extra, with_starts=bool(centers),
+                batch_size=self.batch_size, num_extra=extra, with_starts=bool(centers), weighted=weighted,
                 progress=lambda f, i=i: self.progress("infer", (i + f) / len(flips), f"pass {i + 1}/{len(flips)}"))
             if not dims and extra:
                 extras = self._split_extras(out[n:])
@@ -371,6 +343,8 @@ class Predictor:
         else:
             centers = {v: grid_index(pre.grid, p) for v, p in (centers_mm or {}).items()}
             probs, extras, passes = self.predict_array(pre.image, tta, fit=fit, centers=centers)
+        if self._openvino is not None:
+            self._openvino.release()
         head = extras.get("confidence")
         if head is not None:
             head = head[0] if head.ndim == probs.ndim else head

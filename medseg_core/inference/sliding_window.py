@@ -10,8 +10,9 @@ hands back each batch's logits, so the accumulators hold one case on the CPU wha
 from __future__ import annotations
 
 import itertools
+import math
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -74,6 +75,46 @@ def stretched_patch(patch: tuple[int, ...], spatial, stretch: float = STRETCH, m
     return tuple(out)
 
 
+def fitted_patch(patch: Sequence[int], spatial: Sequence[int]) -> tuple[int, ...]:
+    """The window for a volume of ``spatial`` (z, y, x) voxels: per axis the volume's extent
+    rounded up to a multiple of the largest power of two that divides every side of the trained
+    window (the networks down-sample by two, so their total factor divides it), and never more
+    than the window.
+
+    >>> fitted_patch((64, 96, 128), (44, 28, 28))
+    (64, 32, 32)
+    >>> fitted_patch((1, 160, 160), (30, 50, 170))
+    (1, 64, 160)
+    """
+    sides = [int(p) for p in patch if int(p) > 1]
+    g = math.gcd(*sides) if sides else 1
+    step = g & -g
+    return tuple(int(p) if p == 1 else min(int(p), -(-int(s) // step) * step) for p, s in zip(patch, spatial))
+
+
+def downsampling(card) -> tuple[int, ...] | None:
+    """Per spatial axis, the factor a U-Net-family network (``features``, optional ``strides``)
+    down-samples by, so a window it runs must be a multiple of it (exported to OpenVINO the size
+    matching of odd inputs is fixed at export); None for other networks (they keep the card's window).
+
+    >>> from types import SimpleNamespace as N
+    >>> downsampling(N(spatial_dims=3, network=N(kwargs={"features": [16, 32, 64, 128, 256]})))
+    (16, 16, 16)
+    >>> downsampling(N(spatial_dims=3, network=N(kwargs={"features": [4, 8, 16], "strides": [[1, 2, 2], 2]})))
+    (2, 4, 4)
+    """
+    kw = card.network.kwargs
+    kw = kw.get("base", {}).get("kwargs", kw) if "base" in kw else kw  # a routed network: its parent's
+    if "features" not in kw:
+        return None
+    strides = kw.get("strides") or [2] * (len(kw["features"]) - 1)
+    out = [1] * card.spatial_dims
+    for s in strides:
+        for axis, f in enumerate(s if isinstance(s, (list, tuple)) else [s] * card.spatial_dims):
+            out[axis] *= int(f)
+    return tuple(out)
+
+
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     """Softmax along ``axis``, into a new float32 array (``logits`` is left as it is)."""
     # the copy and the shift in one pass: copying first, then subtracting, read the logits twice
@@ -93,6 +134,7 @@ def sliding_window_predict(
     progress: Callable[[float], None] | None = None,
     num_extra: int = 0,
     with_starts: bool = False,
+    weighted: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities of a whole image by blended windows.
 
@@ -108,11 +150,18 @@ def sliding_window_predict(
         with_starts: call ``predictor(batch, starts)`` with each window's start in ``image``'s
             voxels (one tuple per window; negative where the image was padded), for predictors
             that place something in the window.
+        weighted: maps one window ``(1, C, *patch)`` to its ``(num_classes, *patch)``
+            probabilities already multiplied by ``gaussian_importance(patch)``, where a runtime
+            computes both in its own graph (:meth:`~.runtime.OpenVinoWindows.weighted`): used
+            instead of ``predictor``, so no logits come back. Not with ``num_extra`` or
+            ``with_starts``.
 
     Returns:
         (num_classes + num_extra, *S) float32: class probabilities that sum to one, then the
         blended extra channels.
     """
+    if weighted is not None and (num_extra or with_starts):
+        raise ValueError("weighted windows carry class probabilities only")
     image = np.asarray(image, dtype=np.float32)
     spatial = tuple(image.shape[1:])
     pad = [max(0, p - s) for s, p in zip(spatial, patch_size)]
@@ -127,6 +176,13 @@ def sliding_window_predict(
     for b0 in range(0, len(boxes), batch_size):
         chunk = boxes[b0:b0 + batch_size]
         sl = [tuple(slice(s, s + p) for s, p in zip(box, patch_size)) for box in chunk]
+        if weighted is not None:
+            for s in sl:
+                acc[(slice(None),) + s] += weighted(image[(slice(None),) + s][None])
+                norm[s] += weight
+            if progress is not None:
+                progress(min(1.0, (b0 + len(chunk)) / len(boxes)))
+            continue
         batch = np.stack([image[(slice(None),) + s] for s in sl])
         if with_starts:
             logits = predictor(batch, [tuple(s - p // 2 for s, p in zip(box, pad)) for box in chunk])
