@@ -310,3 +310,21 @@ def test_the_predictor_blends_openvinos_weighted_windows_in_float32_as_pytorchs_
     assert runs["torch"]._weighted(tuple(runs["torch"].card.patch_size)) is None
     probs = {rt: pred.predict([image], confidence=False).probabilities for rt, pred in runs.items()}
     assert np.abs(probs["openvino"] - probs["torch"]).max() < 1e-3
+
+
+@needs_openvino
+def test_a_predictor_started_from_the_export_builds_pytorch_for_a_fitted_window(monkeypatch):
+    from medseg_core.data.phantom import make_phantom
+    from medseg_core.inference import predictor
+    from medseg_core.inference.predictor import Predictor
+    from medseg_core.models import find_model
+
+    monkeypatch.setattr(predictor, "FIT_MARGIN", 0)  # the crop's window (16, 32, 32): smaller than the card's
+
+    image = make_phantom(seed=5).image
+    Predictor(find_model("phantom-unet"), device="cpu", runtime="openvino").predict([image], confidence=False)
+    pred = Predictor(find_model("phantom-unet"), device="cpu", runtime="openvino")
+    assert pred._net is None  # from the cache's export, no network built
+    crop = sitk.RegionOfInterest(image, [20, 20, 12], [10, 10, 4])
+    out = pred.predict([crop], confidence=False, fit=True)  # a window smaller than the card's: PyTorch runs it
+    assert pred._net is not None and out.probabilities.shape[1:] == out.grid.size[::-1]
