@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -57,6 +58,11 @@ def cpu_features() -> dict:
 
     precision = "bf16" if native_bf16_cpu() else "float32"
     ov = openvino_version()
+    if ov and precision == "float32" and os.environ.get("MEDSEG_INT8", "").strip() != "0":
+        from medseg_core.models import find_model
+
+        if find_model("hn-oar").card.inference.int8:
+            precision = "float32, the default model's int8 network (MEDSEG_INT8=0: its float32 one)"
     return {"cpu": name, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
             "path": f"OpenVINO {ov} in {precision}" if ov else f"PyTorch in {precision}"}

@@ -27,7 +27,9 @@ PLANS = {"today": "card window, overlap 0.5, a little longer axis stretched (tod
          "before": "card window, overlap 0.5, never stretched (before)",
          "overlap25": "card window, overlap 0.25", "whole": "whole cropped volume",
          "fit16": "an axis shorter than the card window in a window fitted to it with 16 voxels of air each side",
-         "fit8": "fitted, 8 voxels of air each side", "fit0": "fitted, no air added"}
+         "fit8": "fitted, 8 voxels of air each side", "fit0": "fitted, no air added",
+         "shrink16": "today, and an axis shorter than the window in one fitted to it (16 voxels of air each side, "
+                     "rounded up to the network's down-sampling)", "shrink8": "shrink16 with 8 voxels of air"}
 
 
 def dice_per_organ(pred: np.ndarray, ref: np.ndarray, values) -> dict[int, float]:
@@ -77,6 +79,14 @@ def main() -> int:
                 P.fitted_patch, P.FIT_MARGIN = uncapped, 0
             if plan.startswith("fit"):
                 P.FIT_MARGIN = int(plan[3:])
+            if plan.startswith("shrink"):
+                m = int(plan[6:])
+
+                def shrunk(patch, spatial, multiple=16, m=m):
+                    out = stretched(patch, spatial, multiple=multiple)
+                    mult = multiple if isinstance(multiple, (tuple, list)) else (multiple,) * len(patch)
+                    return tuple(min(o, -(-(int(n) + 2 * m) // k) * k) for o, n, k in zip(out, spatial, mult))
+                P.stretched_patch = shrunk
             if plan in ("before", "overlap25"):
                 P.stretched_patch = lambda patch, spatial, **kw: tuple(patch)
             try:

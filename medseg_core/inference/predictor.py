@@ -23,7 +23,7 @@ from .confidence import entropy_confidence
 from .device import resolve_device, surely_cpu, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
-from .runtime import OpenVinoWindows, RoutedWindows, cached_windows, choose, windows_for
+from .runtime import OpenVinoWindows, RoutedWindows, cached_windows, choose, int8_windows, windows_for
 from .sliding_window import downsampling, fitted_patch, sliding_window_predict, stretched_patch
 
 FIT_MARGIN = 16
@@ -115,8 +115,9 @@ class Predictor:
         except InputError:  # the full path says what is wrong
             return False
         self.amp = use_bf16("cpu")
+        windows = int8_windows(self.package, self._window(), self.amp)  # a changed file: one clear error
         try:
-            windows = cached_windows(self.card, self._window(), bf16=self.amp)
+            windows = windows or cached_windows(self.card, self._window(), bf16=self.amp)
         except Exception:  # a damaged export: the full path exports it again or runs PyTorch
             return False
         if windows is None:
@@ -187,7 +188,7 @@ class Predictor:
         windows = self._openvino_windows()
         if not isinstance(windows, OpenVinoWindows) or windows.bf16 or windows.memo is not None:
             return None
-        return windows.weighted if windows.takes((len(self.card.channels), *patch)) else None
+        return windows.weighted if windows.takes((len(self.card.channels), *patch), weighted=True) else None
 
     def remember_windows(self, memo: dict | None) -> None:
         """Keep the outputs of the windows OpenVINO runs in ``memo`` (by a digest of their input)
@@ -204,7 +205,8 @@ class Predictor:
         from ..nets.routed import RoutedNetwork
 
         theirs = parent._openvino
-        if theirs is None or not isinstance(self.net, RoutedNetwork) or not self.net.same_parent(parent.net):
+        if (theirs is None or getattr(theirs, "int8", False)  # int8: not the parent half's own numbers
+                or not isinstance(self.net, RoutedNetwork) or not self.net.same_parent(parent.net)):
             return False
         self._parent_windows = theirs.base if isinstance(theirs, RoutedWindows) else theirs
         self._memo = theirs.memo
@@ -216,8 +218,9 @@ class Predictor:
         if self._openvino is None:
             window = self._window()
             try:
-                self._openvino = windows_for(self.net, self.card, window, self.amp,
-                                             log=lambda m: self.progress("infer", 0.0, m), parent=self._parent_windows)
+                self._openvino = int8_windows(self.package, window, self.amp, net=self.net) or windows_for(
+                    self.net, self.card, window, self.amp, log=lambda m: self.progress("infer", 0.0, m),
+                    parent=self._parent_windows)
                 self._openvino.memo = self._memo
             except Exception as exc:  # an op OpenVINO or the exporter lacks: PyTorch runs it
                 self.runtime = "torch"

@@ -6,15 +6,15 @@ native bf16 (AVX2 only: many clinicians' workstations), and on a CPU with AVX512
 bf16 against PyTorch's 0.24 s under bf16 autocast. It computes in bf16 exactly where PyTorch would
 (:func:`~.device.native_bf16_cpu`) and in float32 elsewhere; its argmax agrees with PyTorch's on
 99.99 % of voxels. It is optional (``pip install openvino``): ``auto`` takes it where it is
-installed, ``torch`` never, ``openvino`` insists. It runs only windows of the card's own patch size,
-and only networks whose windows give class logits alone (no heads, no prompts); everything else
-stays with PyTorch.
+installed, ``torch`` never, ``openvino`` insists. It runs only windows of the card's own patch size
+(or one stretched a little, :func:`~.sliding_window.stretched_patch`), and only networks whose
+windows give class logits alone (no heads, no prompts); everything else stays with PyTorch.
 
-The network is exported once per weights file and OpenVINO version (ONNX, read by OpenVINO, saved
-as its IR) into ``MEDSEG_HOME/cache/openvino`` (default ``~/.medseg``), staged and renamed, so
-later processes read it in a few hundredths of a second and compile it in a tenth, without
-importing PyTorch at all (:meth:`OpenVinoWindows.cached`). Only networks with plain logits are ever
-exported, so an export in the cache also says its network has no heads. A fine-tuned (routed)
+The network is exported once per weights file and OpenVINO version into a cache (:mod:`.export`),
+so later processes compile it in a tenth of a second without importing PyTorch at all
+(:meth:`OpenVinoWindows.cached`). Where the CPU computes in float32 and the package carries an
+int8 network (``card.inference.int8``, :func:`int8_windows`), that runs instead. Only networks
+with plain logits are ever exported, so an export in the cache also says its network has no heads. A fine-tuned (routed)
 model is exported as its two networks and routed in numpy (:class:`RoutedWindows`): the fine-tune
 then measures it on its corrected cases without running the parent's windows a second time.
 """
@@ -22,41 +22,23 @@ then measures it on its corrected cases without running the parent's windows a s
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import shutil
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..errors import InputError
+from .export import (KEEP_EXPORTS, adopt, cache_root, export, export_folder, export_onnx,  # noqa: F401 - their API
+                     logits_only, openvino_version)
 from .routing import route_log_probs
 from .sliding_window import STRETCH, gaussian_importance
 
 RUNTIMES = ("auto", "torch", "openvino")  # the CLI's and the requests' list: commands.checks.RUNTIMES
-KEEP_EXPORTS = 8
-"""Exported networks kept in the cache (the most recently used; one is about 23 MB for the default
-model), so fine-tuned generations do not fill the disk."""
 MEMO_BYTES = 1 << 29
 """Most bytes of window outputs one :attr:`OpenVinoWindows.memo` keeps: 512 MB (the widest HNOAR
 case's 8 windows take 200 MB)."""
-
-
-def openvino_version() -> str | None:
-    try:
-        import openvino
-    except Exception:  # not installed, or a broken install: PyTorch then
-        return None
-    return openvino.__version__.split("-")[0]
-
-
-def cache_root() -> Path:
-    home = os.environ.get("MEDSEG_HOME")
-    return (Path(home) if home else Path.home() / ".medseg") / "cache" / "openvino"
 
 
 def choose(runtime: str, device_type: str, plain_logits: bool) -> str:
@@ -78,103 +60,6 @@ def choose(runtime: str, device_type: str, plain_logits: bool) -> str:
             raise InputError("--runtime openvino: only for a CPU and a network without heads or prompts")
         return "openvino"
     return "openvino" if fits and openvino_version() is not None else "torch"
-
-
-def export_folder(key: str, spatial_dims: int, part: str = "") -> Path:
-    """Where the export of the weights ``key`` (their SHA-256) lives in the cache; ``part``: which
-    network of a routed package ("base", "tuned")."""
-    return cache_root() / f"{key[:24]}{'-' + part if part else ''}-{spatial_dims}d-ov{openvino_version()}"
-
-
-def _prune(root: Path, keep: int) -> None:
-    """Remove all but the ``keep`` most recently used exports under ``root``."""
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in folders[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def logits_only(net):
-    """``net`` as a ``torch.nn.Module`` whose one output is its class logits (what is exported)."""
-    import torch
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module):
-            super().__init__()
-            self.net = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x).logits
-
-    return LogitsOnly(net)
-
-
-def export_onnx(net, window: tuple[int, ...], path: Path) -> None:
-    """``net``'s class logits as ONNX (opset 17), batch and spatial sizes left free; ``window`` is
-    ``(C, *spatial)`` of the windows it will run. Tracing runs the network once, so it traces the
-    smallest input of the same kind: per axis the largest power of two dividing every side of the
-    window (the networks down-sample by two, so their total factor divides it), 32^3 for the
-    default model's 64 x 96 x 128 (a fine-tune's routed pair exported in 0.5 s instead of 4.0 s,
-    giving the same logits at the full window)."""
-    import torch
-
-    g = math.gcd(*[int(s) for s in window[1:]])
-    example = torch.zeros((1, int(window[0]), *[min(int(s), g & -g) for s in window[1:]]))
-    free = {0: "batch", **{2 + i: f"s{i}" for i in range(len(window) - 1)}}
-    # float32 whatever the caller runs under: an export traced inside the predictor's bf16
-    # autocast is a graph OpenVINO refuses (OpenVINO lowers the precision itself, by its hint)
-    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(logits_only(net).eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": free}, opset_version=17, dynamo=False)
-
-
-def export(net, window: tuple[int, ...], key: str, log: Callable[[str], None] | None = None, part: str = "") -> Path:
-    """The cached IR of ``net`` (its ``net.xml``), exported first if the cache lacks it."""
-    import openvino as ov
-
-    def fill(tmp: Path) -> None:
-        if log:
-            log("exporting the network for OpenVINO (once per model; later runs read it from the cache)")
-        export_onnx(net, window, tmp / "net.onnx")
-        ov.save_model(ov.Core().read_model(str(tmp / "net.onnx")), str(tmp / "net.xml"), compress_to_fp16=False)
-        (tmp / "net.onnx").unlink()
-
-    return _publish(export_folder(key, len(window) - 1, part), fill)
-
-
-def adopt(xml: Path, key: str, nd: int, part: str = "") -> Path:
-    """The export ``xml`` (of the same network, bit for bit) filed also under ``key``'s ``part``:
-    a fine-tune's parent half is its parent, exported already."""
-    def fill(tmp: Path) -> None:
-        for name in ("net.xml", "net.bin"):
-            try:
-                os.link(Path(xml).parent / name, tmp / name)
-            except OSError:  # another file system, or no hard links: a copy
-                shutil.copyfile(Path(xml).parent / name, tmp / name)
-
-    return _publish(export_folder(key, nd, part), fill)
-
-
-def _publish(folder: Path, fill: Callable[[Path], None]) -> Path:
-    """``folder``'s ``net.xml``, its files written first by ``fill`` into a temporary folder
-    renamed into place (a reader never sees half an export) where the cache lacks them."""
-    xml = folder / "net.xml"
-    if xml.is_file():
-        return xml
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
-        fill(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process got there first: theirs is the same
-            if not xml.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _prune(folder.parent, KEEP_EXPORTS)
-    return xml
 
 
 def _weights_stamp(net) -> tuple[int, ...]:
@@ -215,10 +100,12 @@ class OpenVinoWindows:
         """Outputs of windows already run, by a digest of their input: read and filled by each
         call where set (``finetune`` shares the parent's with its copy's parent half)."""
         self.reused = 0  # windows taken from the memo
+        self.int8 = False  # the package's int8 network (:func:`int8_windows`), not an export of the weights
         self.net = self.stamp = None
         if net is not None:
             self.watch(net)
-        os.utime(Path(xml).parent)  # recently used: kept by the cache's pruning
+        if Path(xml).parent.parent == cache_root():
+            os.utime(Path(xml).parent)  # recently used: kept by the cache's pruning
         self._core = ov.Core()
         self._config = {"INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32"}
         threads = threads or _threads()
@@ -226,7 +113,8 @@ class OpenVinoWindows:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._requests: dict[tuple[int, ...], object] = {}
         self._refused: set[tuple[int, ...]] = set()  # stretched windows the export could not take
-        self._request(self.window)
+        # nothing is compiled yet: a run compiles the graph it uses for the window it meets
+        # (:meth:`takes`), where compiling the card's window here as well cost 0.2 s a process
 
     @property
     def windows(self) -> list[tuple[int, ...]]:
@@ -234,9 +122,9 @@ class OpenVinoWindows:
         return sorted({w for w, _ in self._requests})
 
     def _request(self, window: tuple[int, ...], weighted: bool = False):
-        """The compiled network for ``window`` (C, *spatial): the card's, compiled at once, or a
-        stretched one (:func:`~medseg_core.inference.sliding_window.stretched_patch`), compiled on
-        its first use (0.2 s for the bundled U-Net); ``weighted``: the graph of :meth:`weighted`.
+        """The compiled network for ``window`` (C, *spatial): the card's or a stretched one
+        (:func:`~medseg_core.inference.sliding_window.stretched_patch`), each compiled on its
+        first use (0.2 s for the bundled U-Net); ``weighted``: the graph of :meth:`weighted`.
         Only the card's window and the last stretched one are kept: each holds its own activation
         buffers, and a long-lived worker meets many volumes."""
         key = (window, weighted)
@@ -267,8 +155,9 @@ class OpenVinoWindows:
         the weights the copy was made from."""
         return self.takes(tuple(x.shape[1:]))
 
-    def takes(self, window: tuple[int, ...]) -> bool:
-        """:meth:`fits` for windows of ``window`` ((C, *spatial))."""
+    def takes(self, window: tuple[int, ...], weighted: bool = False) -> bool:
+        """:meth:`fits` for windows of ``window`` ((C, *spatial)), compiling the graph for them
+        (``weighted``: :meth:`weighted`'s) where it is not yet."""
         window = tuple(int(n) for n in window)
         stretched = len(window) == len(self.window) and window[0] == self.window[0] and all(
             w <= n <= w * (1 + STRETCH) for w, n in zip(self.window[1:], window[1:]))
@@ -277,7 +166,7 @@ class OpenVinoWindows:
         if self.net is not None and _weights_stamp(self.net) != self.stamp:
             return False
         try:
-            self._request(window)  # compiled here, so a window the export cannot take goes to PyTorch
+            self._request(window, weighted)  # compiled here: a window the export cannot take goes to PyTorch
         except Exception:  # noqa: BLE001 - OpenVINO's shape errors have no common type
             self._refused.add(window)
             return False
@@ -389,6 +278,21 @@ def windows_for(net, card, window: tuple[int, ...], bf16: bool, log: Callable[[s
         parent = OpenVinoWindows(export(net.base, window, key, log, "base"), window, bf16=bf16, net=net.base)
     tuned = OpenVinoWindows(export(net.tuned, window, key, log, "tuned"), window, bf16=bf16, net=net.tuned)
     return RoutedWindows(parent, tuned, net.routed)
+
+
+def int8_windows(package, window: tuple[int, ...], bf16: bool, net=None) -> OpenVinoWindows | None:
+    """OpenVINO's windows of the package's int8 network (``card.inference.int8``, its files'
+    SHA-256 checked), where the CPU computes in float32 (``bf16`` False): 1.8x the float32
+    network's speed with AVX2 alone, 2.7x with AVX-512 (docs/results.md). None where the card has
+    none, for a routed (fine-tuned) network, in bf16, or with ``MEDSEG_INT8=0``."""
+    if bf16 or package.card.network.name == "routed" or os.environ.get("MEDSEG_INT8", "").strip() == "0":
+        return None
+    xml = package.int8_xml()
+    if xml is None:
+        return None
+    windows = OpenVinoWindows(xml, window, bf16=False, net=net)
+    windows.int8 = True
+    return windows
 
 
 def cached_windows(card, window: tuple[int, ...], bf16: bool):

@@ -60,18 +60,24 @@ class InferenceSpec:
         mirror_swap: label pairs exchanged when the last of ``mirror_axes`` (left-right) is flipped.
         largest_component: label values of which only the largest connected component is kept
             (chosen per organ on the validation split, as nnU-Net does; ``tools/choose_postprocessing.py``).
+        int8: the network quantised to int8 for OpenVINO (``tools/quantize_int8.py``), which runs it on
+            a CPU without native bf16: ``{"files": {file name: SHA-256}, ...}`` (an IR's ``.xml`` and
+            ``.bin`` in the package), with how it was calibrated and validated; empty: none.
     """
 
     patch_size: list[int]
     mirror_axes: list[int] = field(default_factory=list)
     mirror_swap: list[list[int]] = field(default_factory=list)
     largest_component: list[int] = field(default_factory=list)
+    int8: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {"patch_size": list(self.patch_size), "mirror_axes": list(self.mirror_axes),
              "mirror_swap": [list(p) for p in self.mirror_swap]}
         if self.largest_component:  # absent means none: older cards keep their form
             d["largest_component"] = [int(v) for v in self.largest_component]
+        if self.int8:
+            d["int8"] = dict(self.int8)
         return d
 
     @classmethod
@@ -88,7 +94,12 @@ class InferenceSpec:
         if not isinstance(largest, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                     for v in largest):
             raise ValueError(f"largest_component must be a list of label values, got {largest!r}")
-        return cls(list(patch), axes, swap, list(largest))
+        int8 = d.get("int8") or {}
+        files = int8.get("files") if isinstance(int8, dict) else None
+        if int8 and (not isinstance(files, dict) or sorted(Path(f).suffix for f in files) != [".bin", ".xml"]
+                     or not all(isinstance(h, str) and len(h) == 64 for h in files.values())):
+            raise ValueError("int8.files must name an OpenVINO .xml and .bin, each with its SHA-256")
+        return cls(list(patch), axes, swap, list(largest), dict(int8))
 
 
 @dataclass

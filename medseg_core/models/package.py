@@ -65,6 +65,18 @@ class ModelPackage:
                              f"{str(expected)[:12]}...; the file is corrupted or was replaced")
         return wfile
 
+    def int8_xml(self) -> Path | None:
+        """The int8 OpenVINO network the card records (``inference.int8``), its files' SHA-256
+        checked (a clear error when one is missing or changed); None where the card has none."""
+        files = self.card.inference.int8.get("files") or {}
+        for name, expected in files.items():
+            path = self.path / name
+            if not path.is_file():
+                raise ModelError(f"{path}: the card's int8 network file is missing")
+            if sha256_file(path) != expected:
+                raise ModelError(f"{path}: SHA-256 does not match the card's; the file is corrupted or was replaced")
+        return next((self.path / n for n in files if n.endswith(".xml")), None)
+
     def load_state_dict(self) -> dict[str, torch.Tensor]:
         """Verify the SHA-256 and read the weights as float32 tensors (safetensors only)."""
         from safetensors.torch import load_file

@@ -19,6 +19,7 @@ def new_card(pkg, name: str, stamp: str, record: dict) -> ModelCard:
     parent = pkg.card
     card = ModelCard.from_dict(parent.to_dict(), str(pkg.path))
     card.name = name
+    card.inference.int8 = {}  # the parent's int8 network is not this model's (its files stay with the parent)
     sep = "." if "+" in parent.version else "+"  # one '+' only (semantic versioning)
     card.version = f"{parent.version}{sep}ft.{stamp.replace('-', '')}"
     order = list(parent.label_names().values())
