@@ -74,6 +74,7 @@ def test_the_int8_network_runs_on_the_float32_path_only(int8_package, monkeypatc
     assert not plain._openvino.int8
     np.testing.assert_allclose(plain.predict([image], confidence=False).probabilities, got, atol=1e-5)
     monkeypatch.delenv("MEDSEG_INT8")
+    assert not Predictor(int8_package, device="cpu", runtime="openvino", int8=False)._openvino.int8  # a fine-tune's
     window = (1, *int8_package.card.patch_size)
     assert runtime.int8_windows(int8_package, window, bf16=True) is None  # native bf16: its own path
     assert runtime.int8_windows(find_model("phantom-unet"), window, bf16=False) is None  # none recorded

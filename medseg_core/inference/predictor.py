@@ -76,11 +76,15 @@ class Predictor:
         overlap: window overlap fraction.
         progress: optional callback ``(stage, fraction, message="", eta_s=None)``.
         runtime: "auto", "torch" or "openvino": what runs the windows (see :mod:`.runtime`).
+        int8: run the package's int8 network where the CPU computes in float32
+            (:func:`~.runtime.int8_windows`); False for a fine-tune, whose parent's figures must be
+            those the new model's parent half gives.
     """
 
     def __init__(self, package: ModelPackage, device: str = "auto", batch_size: int = 4,
-                 overlap: float = 0.5, progress: Callable | None = None, runtime: str = "auto"):
+                 overlap: float = 0.5, progress: Callable | None = None, runtime: str = "auto", int8: bool = True):
         t0 = time.perf_counter()
+        self.int8 = int8
         self.package = package
         self.card = package.card
         self.preprocessor = Preprocessor(self.card.preprocessing)
@@ -115,7 +119,7 @@ class Predictor:
         except InputError:  # the full path says what is wrong
             return False
         self.amp = use_bf16("cpu")
-        windows = int8_windows(self.package, self._window(), self.amp)  # a changed file: one clear error
+        windows = int8_windows(self.package, self._window(), self.amp) if self.int8 else None  # changed: an error
         try:
             windows = windows or cached_windows(self.card, self._window(), bf16=self.amp)
         except Exception:  # a damaged export: the full path exports it again or runs PyTorch
@@ -218,7 +222,8 @@ class Predictor:
         if self._openvino is None:
             window = self._window()
             try:
-                self._openvino = int8_windows(self.package, window, self.amp, net=self.net) or windows_for(
+                int8 = int8_windows(self.package, window, self.amp, net=self.net) if self.int8 else None
+                self._openvino = int8 or windows_for(
                     self.net, self.card, window, self.amp, log=lambda m: self.progress("infer", 0.0, m),
                     parent=self._parent_windows)
                 self._openvino.memo = self._memo

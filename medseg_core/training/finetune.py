@@ -195,7 +195,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         parent = pkg.card
         name = check_name(name) if name else default_name(parent.name, stamp)
         dest = user_models_dir() / name
-        pred = Predictor(pkg, device=device)
+        pred = Predictor(pkg, device=device, int8=False)  # the parent's numbers: its float32 network's
         patch = _patch(parent, patch_size, pred.device)
         seconds["load"] = time.perf_counter() - t_start
         report("load", 1.0, f"{parent.name} {parent.version} on {pred.device}")
