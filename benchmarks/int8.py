@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from window_plan import dice_per_organ  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "HNOAR"
 
 
@@ -59,10 +62,8 @@ def main() -> int:
             t = time.perf_counter()
             labels[plan] = sitk.GetArrayFromImage(pred.predict(images, confidence=False).labels)
             seconds[plan].append(time.perf_counter() - t)
-            for v in names:
-                if (ref == v).any():
-                    p, r = labels[plan] == v, ref == v
-                    dice[plan][v].append(2 * float((p & r).sum()) / float(p.sum() + r.sum()))
+            for v, d in dice_per_organ(labels[plan], ref, list(names)).items():
+                dice[plan][v].append(d)
         differ.append(float(np.mean(labels["float32"] != labels["int8"])))
         print(json.dumps({"case": case, **{p: round(seconds[p][-1], 2) for p in plans},
                           "voxels_differ": round(differ[-1], 5)}), flush=True)

@@ -119,7 +119,7 @@ class Predictor:
         except InputError:  # the full path says what is wrong
             return False
         self.amp = use_bf16("cpu")
-        windows = int8_windows(self.package, self._window(), self.amp) if self.int8 else None  # changed: an error
+        windows = self._int8_windows()  # a changed int8 file: one clear error
         try:
             windows = windows or cached_windows(self.card, self._window(), bf16=self.amp)
         except Exception:  # a damaged export: the full path exports it again or runs PyTorch
@@ -216,14 +216,17 @@ class Predictor:
         self._memo = theirs.memo
         return True
 
+    def _int8_windows(self, net=None) -> OpenVinoWindows | None:
+        """The package's int8 network for the card's windows, where this predictor may run it."""
+        return int8_windows(self.package, self._window(), self.amp, net=net) if self.int8 else None
+
     def _openvino_windows(self) -> OpenVinoWindows | RoutedWindows | None:
         """OpenVINO for the card's windows, built once; a network it cannot take goes back to
         PyTorch (said once in the progress messages)."""
         if self._openvino is None:
             window = self._window()
             try:
-                int8 = int8_windows(self.package, window, self.amp, net=self.net) if self.int8 else None
-                self._openvino = int8 or windows_for(
+                self._openvino = self._int8_windows(self.net) or windows_for(
                     self.net, self.card, window, self.amp, log=lambda m: self.progress("infer", 0.0, m),
                     parent=self._parent_windows)
                 self._openvino.memo = self._memo

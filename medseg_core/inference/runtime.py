@@ -14,9 +14,10 @@ The network is exported once per weights file and OpenVINO version into a cache 
 so later processes compile it in a tenth of a second without importing PyTorch at all
 (:meth:`OpenVinoWindows.cached`). Where the CPU computes in float32 and the package carries an
 int8 network (``card.inference.int8``, :func:`int8_windows`), that runs instead. Only networks
-with plain logits are ever exported, so an export in the cache also says its network has no heads. A fine-tuned (routed)
-model is exported as its two networks and routed in numpy (:class:`RoutedWindows`): the fine-tune
-then measures it on its corrected cases without running the parent's windows a second time.
+with plain logits are ever exported, so an export in the cache also says its network has no
+heads. A fine-tuned (routed) model is exported as its two networks and routed in numpy
+(:class:`RoutedWindows`): the fine-tune then measures it on its corrected cases without running
+the parent's windows a second time.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ class OpenVinoWindows:
         net: the PyTorch network it was exported from, if at hand: once that network's weights
             change (a fine-tune trains it in place), :meth:`fits` is False for good and PyTorch
             runs the windows.
+        int8: ``xml`` is the package's int8 network (:func:`int8_windows`), not an export.
     """
 
-    def __init__(self, xml: Path, window: tuple[int, ...], bf16: bool = False, threads: int | None = None, net=None):
+    def __init__(self, xml: Path, window: tuple[int, ...], bf16: bool = False, threads: int | None = None, net=None,
+                 int8: bool = False):
         import openvino as ov
 
         self.xml = Path(xml)
@@ -100,7 +103,7 @@ class OpenVinoWindows:
         """Outputs of windows already run, by a digest of their input: read and filled by each
         call where set (``finetune`` shares the parent's with its copy's parent half)."""
         self.reused = 0  # windows taken from the memo
-        self.int8 = False  # the package's int8 network (:func:`int8_windows`), not an export of the weights
+        self.int8 = int8  # the package's int8 network (:func:`int8_windows`), not an export of the weights
         self.net = self.stamp = None
         if net is not None:
             self.watch(net)
@@ -290,9 +293,7 @@ def int8_windows(package, window: tuple[int, ...], bf16: bool, net=None) -> Open
     xml = package.int8_xml()
     if xml is None:
         return None
-    windows = OpenVinoWindows(xml, window, bf16=False, net=net)
-    windows.int8 = True
-    return windows
+    return OpenVinoWindows(xml, window, bf16=False, net=net, int8=True)
 
 
 def cached_windows(card, window: tuple[int, ...], bf16: bool):

@@ -176,25 +176,23 @@ def sliding_window_predict(
     for b0 in range(0, len(boxes), batch_size):
         chunk = boxes[b0:b0 + batch_size]
         sl = [tuple(slice(s, s + p) for s, p in zip(box, patch_size)) for box in chunk]
-        if weighted is not None:
+        if weighted is not None:  # the runtime's own softmax times the weight, window by window
             for s in sl:
                 acc[(slice(None),) + s] += weighted(image[(slice(None),) + s][None])
-                norm[s] += weight
-            if progress is not None:
-                progress(min(1.0, (b0 + len(chunk)) / len(boxes)))
-            continue
-        batch = np.stack([image[(slice(None),) + s] for s in sl])
-        if with_starts:
-            logits = predictor(batch, [tuple(s - p // 2 for s, p in zip(box, pad)) for box in chunk])
         else:
-            logits = predictor(batch)
-        logits = np.asarray(logits, dtype=np.float32)
-        probs = softmax(logits[:, :num_classes])
-        probs *= weight  # in place: a product per window was a fresh 25 MB array to fault in
-        for i, s in enumerate(sl):
-            acc[(slice(None, num_classes),) + s] += probs[i]
-            if num_extra:
-                acc[(slice(num_classes, None),) + s] += logits[i, num_classes:] * weight
+            batch = np.stack([image[(slice(None),) + s] for s in sl])
+            if with_starts:
+                logits = predictor(batch, [tuple(s - p // 2 for s, p in zip(box, pad)) for box in chunk])
+            else:
+                logits = predictor(batch)
+            logits = np.asarray(logits, dtype=np.float32)
+            probs = softmax(logits[:, :num_classes])
+            probs *= weight  # in place: a product per window was a fresh 25 MB array to fault in
+            for i, s in enumerate(sl):
+                acc[(slice(None, num_classes),) + s] += probs[i]
+                if num_extra:
+                    acc[(slice(num_classes, None),) + s] += logits[i, num_classes:] * weight
+        for s in sl:
             norm[s] += weight
         if progress is not None:
             progress(min(1.0, (b0 + len(chunk)) / len(boxes)))
