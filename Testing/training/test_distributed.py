@@ -3,7 +3,6 @@ recipe, including the alternating ones (L-SNet, DAN), FocusNet's changing stages
 frozen encoder."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -31,23 +30,20 @@ RECIPES = {
 STEPS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, ports, data, run, out):
+def _worker(rank, world, data, run, out):
     """One rank: every recipe in turn (one process pair for all: spawning costs more than the steps),
-    each with its own rendezvous port and run folder."""
+    each with its own rendezvous file and run folder. A file needs no free port (ports picked ahead
+    can be taken meanwhile), gloo talks over loopback, and a rank that goes missing fails the test in
+    minutes rather than torch's 30."""
     torch.set_num_threads(1)
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", MEDSEG_DIST_TIMEOUT_S="300")
     from medseg_core.nets import build_network
     from medseg_core.training.config import TrainConfig
     from medseg_core.training.trainer import network_kwargs, train
 
-    for recipe, port in zip(RECIPES, ports):
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+    for recipe in RECIPES:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MEDSEG_DIST_INIT="file://" + os.path.join(out, f"{recipe}.rendezvous"))
         network, patch, extra = RECIPES[recipe]
         cfg = TrainConfig(name=f"ddp-{recipe}", network=network, patch_size=patch, batch_size=2, steps=STEPS,
                           val_every=100, warmup_steps=1, seed=3, half_weights=False, recipe=recipe, **extra)
@@ -70,8 +66,7 @@ def trained(dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp-runs")
     run, out = tmp / "run", tmp / "out"
     out.mkdir()
-    ports = [_free_port() for _ in RECIPES]
-    mp.spawn(_worker, args=(2, ports, str(dataset), str(run), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(dataset), str(run), str(out)), nprocs=2, join=True)
     return out
 
 

@@ -42,11 +42,21 @@ def from_env() -> DistInfo:
 
 
 def init(info: DistInfo, device: torch.device) -> None:
-    """Join the process group: NCCL on CUDA, gloo on the CPU."""
+    """Join the process group: NCCL on CUDA, gloo on the CPU.
+
+    The rendezvous is torchrun's (``env://``) unless ``MEDSEG_DIST_INIT`` names another (a
+    ``file://`` path on a shared disk needs no free port); ``MEDSEG_DIST_TIMEOUT_S`` bounds how long
+    a collective waits for a missing rank (torch's default: 30 minutes)."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     if info.enabled and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = os.environ.get("MEDSEG_DIST_TIMEOUT_S")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method=os.environ.get("MEDSEG_DIST_INIT", "env://"),
+                                rank=info.rank, world_size=info.world_size,
+                                timeout=timedelta(seconds=float(timeout)) if timeout else None)
 
 
 def shutdown(info: DistInfo) -> None:
