@@ -19,8 +19,8 @@ from medseg_core.training.finetune import finetune
 def test_organs_the_user_left_alone_are_trained_as_the_parent_drew_them(tmp_path, monkeypatch):
     """The correction is the parent's own result (as ``medseg segment`` writes it) with the Tumour
     grown into the liver: the Tumour and the Liver (which lost those voxels) count as edited, the
-    other organs as accepted, and training fits the parent's model-grid labels for those (not the
-    correction's resampled copy of them)."""
+    other organs as accepted, and training fits the parent's model-grid labels wherever the user
+    changed nothing (not the correction's resampled copy of them), the correction where they did."""
     from medseg_core.data.sampling import PatchSampler
     from medseg_core.inference.postprocess import keep_largest_components
     from medseg_core.inference.predictor import Predictor
@@ -49,15 +49,19 @@ def test_organs_the_user_left_alone_are_trained_as_the_parent_drew_them(tmp_path
     record = load_package(res.package_dir).card.training["finetune"]
     assert record["cases"][0]["labels_edited"] == ["Liver", "Tumour"]
     assert res.per_label["Tumour"]["edited"] and not res.per_label["LeftGland"]["edited"]
-    # the target: the parent's model-grid labels, except the edited organs'
+    # the target: the parent's model-grid labels, except the voxels the user changed (the correction
+    # and the parent's shown result, both brought onto the model grid as a correction is, differ there)
     pre = pred.preprocessor([ph.image], sitk.ReadImage(str(tmp_path / "c.nii.gz")))
+    changed = pred.preprocessor([ph.image], shown).label != pre.label
     parent = pred.predict_array(pre.image)[0].argmax(0)
     target = seen["labels"][0].numpy()
     moved = (target != parent)
     edited = np.isin(target, [1, TUMOUR]) | np.isin(parent, [1, TUMOUR])
     assert moved.any() and edited[moved].all()
-    for v in (1, TUMOUR):
-        assert np.array_equal(target == v, pre.label == v)
+    assert np.array_equal(target[changed], pre.label[changed]) and np.array_equal(target[~changed], parent[~changed])
+    # what that leaves out: the edited organs' staircase, where the correction read back differs
+    # from the parent's model-grid labels though the user changed nothing there
+    assert ((pre.label != parent) & ~changed & edited).any()
     # patches focus on what was redrawn only
     focus = seen["focus"][0].numpy()
     assert len(focus) and moved[tuple(focus.T)].all()
@@ -134,3 +138,22 @@ def test_organs_the_user_accepted_keep_the_parents_answer(tmp_path, monkeypatch)
     assert {k.split(".")[0] for k in state} == {"base", "tuned"}
     assert all(torch.equal(state[f"base.{k}"], v.float()) for k, v in parent.items())
     assert load_package(second.package_dir).card.training["finetune"]["routed"] == ["Tumour"]
+
+
+def test_the_cpu_trains_a_3d_model_on_its_windows_in_plane_size_one_patch_a_step():
+    """Instance norms take their statistics over the window, so on the CPU a 3D model keeps its
+    card's in-plane window (fewer slices, one patch a step); a GPU trains on the card's patch."""
+    from types import SimpleNamespace
+
+    from medseg_core.training.finetune_targets import CPU_PATCH_2D, CPU_SLAB_3D, training_patch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    card3 = SimpleNamespace(spatial_dims=3, patch_size=[64, 96, 128])
+    assert training_patch(card3, None, cpu) == ((CPU_SLAB_3D, 96, 128), 1)
+    assert training_patch(card3, None, gpu) == ((64, 96, 128), 2)
+    assert training_patch(SimpleNamespace(spatial_dims=3, patch_size=[16, 32, 32]), None, cpu) == ((16, 32, 32), 1)
+    assert training_patch(card3, [8, 16, 16], cpu) == ((8, 16, 16), 1)
+    card2 = SimpleNamespace(spatial_dims=2, patch_size=[512, 512])
+    assert training_patch(card2, None, cpu) == (tuple(CPU_PATCH_2D), 2)
+    with pytest.raises(InputError, match="give 3 positive sizes"):
+        training_patch(card3, [8, 16], cpu)

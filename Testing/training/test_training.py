@@ -69,6 +69,23 @@ def test_sampler_oversamples_small_structures():
     assert hits > 70  # about half the patches, against 8/64000 of the voxels
 
 
+def test_sampler_centres_foreground_patches_on_the_classes_asked_only():
+    """A fine-tune's copy answers for its routed organs only: ``fg_classes`` centres every
+    foreground patch on one of them, never on another organ."""
+    import torch
+
+    from medseg_core.data.sampling import PatchSampler
+
+    lab = torch.zeros(40, 40, 40, dtype=torch.uint8)
+    lab[:, :, :10] = 1
+    lab[:, :, 30:] = 2
+    s = PatchSampler([torch.randn(1, 40, 40, 40)], [lab], 3, (1, 1, 1), fg_fraction=1.0, seed=0, fg_classes=[2])
+    centres = [int(s.sample(1)[1].flatten()[0]) for _ in range(100)]
+    assert centres == [2] * 100
+    both = PatchSampler([torch.randn(1, 40, 40, 40)], [lab], 3, (1, 1, 1), fg_fraction=1.0, seed=0)
+    assert {int(both.sample(1)[1].flatten()[0]) for _ in range(100)} == {1, 2}
+
+
 def test_sampler_crops_soft_targets_with_the_labels_and_pads_them_with_zeros():
     import torch
 

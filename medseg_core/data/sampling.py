@@ -32,14 +32,16 @@ class PatchSampler:
         focus: per case, (M, nd) voxel indices to centre patches on (fine-tuning's errors).
         focus_fraction: share of patches centred on a focus point (when any case has one).
         soft: per case, (N, *S) soft targets cropped with the labels (``sample`` then returns them).
+        fg_classes: the foreground classes a foreground patch is centred on (default: every class).
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int,
                  patch_size: tuple[int, ...], fg_fraction: float = 0.67,
                  annotated: list[list[int]] | None = None, seed: int = 0,
                  focus: list[torch.Tensor] | None = None, focus_fraction: float = 0.0,
-                 soft: list[torch.Tensor] | None = None):
+                 soft: list[torch.Tensor] | None = None, fg_classes: list[int] | None = None):
         self.images, self.labels, self.soft = images, labels, soft
+        self.fg_classes = None if fg_classes is None else {int(c) for c in fg_classes}
         self.num_classes = num_classes
         self.patch = tuple(int(p) for p in patch_size)
         self.fg_fraction = fg_fraction
@@ -77,7 +79,8 @@ class PatchSampler:
             jitter = [int(torch.randint(-(p // 4), p // 4 + 1, (1,), generator=self.gen)) for p in self.patch]
             shape = self.labels[case].shape
             return case, [min(max(c + j, 0), s - 1) for c, j, s in zip(centre, jitter, shape)]
-        classes = [c for c, cases in self.cases_with.items() if cases]
+        classes = [c for c, cases in self.cases_with.items()
+                   if cases and (self.fg_classes is None or c in self.fg_classes)]
         if classes and float(torch.rand(1, generator=self.gen)) < self.fg_fraction:
             c = classes[self._randint(len(classes))]
             case = self.cases_with[c][self._randint(len(self.cases_with[c]))]

@@ -9,9 +9,10 @@ each case first, and its result, brought onto the image's grid as ``medseg segme
 with the correction organ by organ: an organ the user left as it was is *accepted*, and training fits the
 parent's own model-grid labels for it (the correction's copy of it went through a resampling and back: a
 staircase that, learnt, cost the other organs 0.025 Dice on new cases); only the edited organs come from the
-correction. The parent's Dice on the corrected cases is measured on the model grid, over the annotated labels
-present in each correction. Then the network is trained on patches of these cases (half of the patch centres
-on voxels the user changed, the rest class-balanced, :class:`~medseg_core.data.sampling.PatchSampler`) by the
+correction, and of those only the voxels the user changed. The parent's Dice on the corrected cases is
+measured on the model grid, over the annotated labels present in each correction. Then the network is trained
+on patches of these cases (half of the patch centres on voxels the user changed, the rest on the organs the
+new model answers for, :class:`~medseg_core.data.sampling.PatchSampler`) by the
 ``finetune`` recipe: Dice + CE aware of ``annotated``, deep supervision, the encoder frozen by default, and
 the parent's probabilities distilled on every voxel the correction accepts (``distill``; mirroring is then
 off, since the probabilities would have to follow it); through the training loop's one step
@@ -25,8 +26,9 @@ windows are the parent's, from the first pass) before it is renamed into place: 
 leaves nothing behind.
 
 The recipe was chosen on ``hn-oar-unet``, 2 CPU threads (``benchmarks/finetune.py``, then the clinic styles of
-``benchmarks/adaptation.py``; figures in ``docs/results.md``): 12 steps a case (at most 30) of batch 2,
-patches capped at 48 x 64 x 64 on the CPU, peak learning rate 7e-4, frozen encoder, bf16 autocast where native
+``benchmarks/adaptation.py``; figures in ``docs/results.md``): 12 steps a case (at most 30), on the CPU one
+patch a step of the card's in-plane window and 32 slices (:func:`~.finetune_targets.training_patch`), peak
+learning rate 7e-4, frozen encoder, bf16 autocast where native
 and on CUDA, a 3D U-Net channels-last on the CPU. The accepted-organ targets took the other organs' loss on
 new cases from 0.026 to 0.002, distillation closed more of a style's gap, and ``blend`` 0.5 halved what other
 new cases still lost (0.018 -> 0.009) but also what the style taught, which routing keeps; L2-SP (``anchor``),
@@ -60,17 +62,13 @@ from ..models.package import ModelPackage, find_model, save_package, storage_of,
 from ..nets.routed import RoutedNetwork
 from ..nets.slicewise import volume_patch
 from .finetune_card import check_name, default_name, new_card, rounded, sha256_path, summarise
-from .finetune_targets import errors, refuse_disagreeing, steps_for, what_was_edited
+from .finetune_targets import errors, refuse_disagreeing, steps_for, training_patch, what_was_edited
 from .loop import TrainingLoop, to_training_layout
 from .prefetch import import_in_background
 from .recipes import build_recipe
 from .schedule import lr_factor
 
-CPU_PATCH_3D = (48, 64, 64)
-"""Largest default training patch (z, y, x) on the CPU: about a quarter of a typical card patch."""
-CPU_PATCH_2D = (160, 160)
 DEFAULT_LR = 7e-4
-BATCH_SIZE = 2
 DEFAULT_DISTILL = 1.0
 """Weight of the parent's probabilities distilled where the correction agrees with it."""
 DEFAULT_ANCHOR = 0.0
@@ -79,7 +77,8 @@ DEFAULT_BLEND = 1.0
 """Share of the weights' change kept after training (WiSE-FT's interpolation toward the parent);
 with routing (the default) the organs the user accepted keep the parent's answer anyway."""
 ERROR_FRACTION = 0.5
-"""Share of patches centred on a voxel where the parent's prediction disagrees with the correction."""
+"""Share of patches centred on a voxel where the parent's prediction disagrees with the correction; of
+the rest, two in three are centred on an organ the fine-tuned copy answers for (routing; else any organ)."""
 
 
 @dataclass
@@ -141,7 +140,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         train_all: also train the encoder (default: frozen when the network has one).
         seed: seeds the patch sampling, the augmentation and torch.
         patch_size: training patch (array order); default: the card's, capped at
-            ``CPU_PATCH_3D`` (``CPU_PATCH_2D``) per axis on the CPU.
+            ``CPU_SLAB_3D`` slices (``CPU_PATCH_2D``) on the CPU (:func:`~.finetune_targets.training_patch`).
         force: fine-tune on a correction that disagrees with the parent almost everywhere
             (see :data:`~.finetune_targets.DISAGREE_DICE`), which is refused otherwise.
         distill: weight of the parent's probabilities distilled on the voxels the correction
@@ -196,7 +195,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         name = check_name(name) if name else default_name(parent.name, stamp)
         dest = user_models_dir() / name
         pred = Predictor(pkg, device=device, int8=False)  # the parent's numbers: its float32 network's
-        patch = _patch(parent, patch_size, pred.device)
+        patch, batch = training_patch(parent, patch_size, pred.device)
         seconds["load"] = time.perf_counter() - t_start
         report("load", 1.0, f"{parent.name} {parent.version} on {pred.device}")
 
@@ -217,8 +216,9 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         steps = steps_for(changed, len(prepared)) if steps is None else steps
 
         t = time.perf_counter()
-        knobs = {"distill": distill, "anchor": anchor, "train_all": train_all}
         net = _routed(pred.net, parent) if route else pred.net
+        knobs = {"distill": distill, "anchor": anchor, "train_all": train_all, "batch": batch,  # routed organs:
+                 "fg_classes": sorted(set(net.routed) | {v for c in prepared for v in c.routed}) if route else None}
         trainee = net.tuned if isinstance(net, RoutedNetwork) else net
         optimiser_import.join()  # imported beside the parent's pass
         start = ({k: v.detach().clone() for k, v in trainee.state_dict().items() if v.is_floating_point()}
@@ -240,7 +240,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         edited = {names[v] for c in prepared for v in c.edited}
         record = {
             "cases": [c.record for c in prepared], "steps": steps, "voxels_changed": changed, "lr": lr,
-            "batch_size": BATCH_SIZE, "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
+            "batch_size": batch, "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
             "distill": distill, "anchor": anchor, "blend": float(blend),
             "routed": [names[v] for v in net.routed] if route else None,
             "seconds": None, "seconds_by_stage": None, "device": str(pred.device),
@@ -281,19 +281,6 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         return FinetuneResult(dest, dice_before, dice_after, steps, time.perf_counter() - t_start, per_label)
     finally:
         torch.set_num_threads(threads_before)
-
-
-def _patch(parent: ModelCard, patch_size, device: torch.device) -> tuple[int, ...]:
-    """The training patch: as asked, else the card's (capped on the CPU)."""
-    if patch_size is not None:
-        patch = tuple(int(p) for p in patch_size)
-        if len(patch) != len(parent.patch_size) or min(patch) < 1:
-            raise InputError(f"patch size {list(patch)}: give {len(parent.patch_size)} positive sizes")
-        return patch
-    if device.type == "cpu":
-        cap = CPU_PATCH_3D if parent.spatial_dims == 3 else CPU_PATCH_2D
-        return tuple(min(int(p), c) for p, c in zip(parent.patch_size, cap))
-    return tuple(int(p) for p in parent.patch_size)  # a GPU: the card's patch, as the parent was trained
 
 
 def _prepare(pred: Predictor, cases, report) -> list[_Case]:
@@ -346,8 +333,8 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
            lr: float, knobs: dict, seed: int, report, source: Path):
     """``steps`` steps of the ``finetune`` recipe on ``cases`` training ``net`` (the predictor's
     network or the copy a routed network trains); returns (the recipe, bf16 or not).
-    ``knobs``: ``distill``, ``anchor``, ``train_all``; distilling needs the parent's probabilities
-    (``parent_probs``) and an augmentation that leaves voxels in place (no mirroring)."""
+    ``knobs``: ``distill``, ``anchor``, ``train_all``, ``batch``, ``fg_classes``; distilling needs the parent's
+    probabilities (``parent_probs``) and an augmentation that leaves voxels in place (no mirroring)."""
     dev, card = pred.device, pred.card
     report("finetune", 0.0, f"{steps} steps", None)
     torch.manual_seed(seed)
@@ -357,7 +344,7 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
     soft = ([torch.from_numpy(p).to(dev) for p in parent_probs] if knobs["distill"] > 0 else None)
     sampler = PatchSampler(images, labels, card.num_classes, volume_patch(patch, card.spatial_dims), fg_fraction=0.67,
                            annotated=[c.annotated for c in cases], seed=seed, focus=focus,
-                           focus_fraction=ERROR_FRACTION, soft=soft)
+                           focus_fraction=ERROR_FRACTION, soft=soft, fg_classes=knobs.get("fg_classes"))
     axes, swap = pred.mirror if soft is None else ([], [])
     augment = Augmenter(axes, swap, seed=seed + 1)
     recipe = build_recipe("finetune", freeze_encoder=not knobs["train_all"], distill=knobs["distill"],
@@ -368,7 +355,7 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
     warmup = max(1, min(10, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, s / steps, warmup))
     amp = use_bf16(dev)
-    loop = TrainingLoop(recipe, net, sampler, augment, opt, sched, BATCH_SIZE, card.spatial_dims, dev, amp, layout)
+    loop = TrainingLoop(recipe, net, sampler, augment, opt, sched, knobs["batch"], card.spatial_dims, dev, amp, layout)
     recipe.train_mode(net)
     running, t_loop = None, time.perf_counter()
     try:
