@@ -1,36 +1,28 @@
 """The predictor's placement of a refine point in each window (FocusNet's SOS-Net centres)."""
 
-from types import SimpleNamespace
-
 import torch
 
 from medseg_core.data.preprocess import Grid
 from medseg_core.inference.box_prompt import grid_index
-from medseg_core.inference.predictor import Predictor
-
-
-def _stub(spatial_dims, classes):
-    return SimpleNamespace(card=SimpleNamespace(spatial_dims=spatial_dims),
-                           heads=SimpleNamespace(heatmap_classes=classes), device="cpu")
+from medseg_core.inference.heads import Heads
 
 
 def test_a_point_lands_in_each_3d_window_that_holds_it_and_nowhere_else():
-    stub = _stub(3, [2, 5])
+    heads = Heads(heatmaps=2, heatmap_classes=[2, 5])
     starts = [(0, 0, 0), (4, 8, 8), (-2, 10, 0)]
-    out = Predictor._window_centers(stub, {5: (6.4, 12.6, 3.0)}, starts, (8, 8, 8))
+    out = heads.window_centers({5: (6.4, 12.6, 3.0)}, starts, (8, 8, 8), 3)
     assert out.shape == (3, 2, 3)
     assert (out[:, 0] == -1).all()  # class 2 was not prompted: its own heatmap peak
     assert out[2, 1].tolist() == [-1, -1, -1]  # y: 13 - 10 = 3 fits, z: 6 + 2 = 8 does not
     assert out[0, 1].tolist() == [-1, -1, -1]  # y 13 lies beyond a window of 8 from 0
     assert out[1, 1].tolist() == [-1, -1, -1]  # x 3 lies before a window starting at 8
-    inside = Predictor._window_centers(stub, {5: (6.4, 12.6, 3.0)}, [(2, 8, 0)], (8, 8, 8))
+    inside = heads.window_centers({5: (6.4, 12.6, 3.0)}, [(2, 8, 0)], (8, 8, 8), 3)
     assert inside[0, 1].tolist() == [4, 5, 3]  # rounded to the voxel, in the window's own voxels
 
 
 def test_a_2d_window_is_one_slice_and_every_slice_takes_the_points_in_plane_position():
-    stub = _stub(2, [1])
-    out = Predictor._window_centers(stub, {1: (40.0, 20.2, 30.7)}, [(0, 16, 16), (39, 16, 16), (3, 0, 40)],
-                                    (1, 32, 32))
+    heads = Heads(heatmaps=1, heatmap_classes=[1])
+    out = heads.window_centers({1: (40.0, 20.2, 30.7)}, [(0, 16, 16), (39, 16, 16), (3, 0, 40)], (1, 32, 32), 2)
     assert out[0, 0].tolist() == [4, 15] and out[1, 0].tolist() == [4, 15]
     assert out[2, 0].tolist() == [-1, -1]
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from medseg_core.nets import SegOutput, build_network
+from medseg_core.nets.focusnet import OUTSIDE_LOGIT
 from medseg_core.nets.focusnet_parts import crop_roi, fuse_small_organs, paste_roi, roi_mask, roi_start
 
 TINY = dict(features=[6, 8], aspp_growth=4, sos_features=[4, 6])
@@ -139,6 +140,43 @@ def test_heatmap_below_threshold_leaves_snet_logits_unless_a_centre_is_given():
     net.train()
     out = net(torch.randn(*SHAPE), centers=torch.full((2, 2, 3), 5))
     assert all(r["active"] for item in out.rois for r in item)
+
+
+def test_the_trunk_then_from_trunk_is_forward_and_an_organ_not_found_runs_no_sos_net():
+    net = tiny_net()
+    force_heatmaps(net, -20.0)  # no heatmap passes: only a given centre makes an organ active
+    net.eval()
+    x = torch.randn(*SHAPE)
+    centers = torch.tensor([[[5, 6, 7], [-1, -1, -1]], [[-1, -1, -1], [-1, -1, -1]]])  # organ 0 in item 0 only
+    seen = []
+    hooks = [sos.register_forward_hook(lambda m, args, res, j=j: seen.append((j, args[0].shape[0])))
+             for j, sos in enumerate(net.sos)]
+    with torch.no_grad():
+        out = net(x, centers=centers)
+        parts = net.trunk()(x)
+        again = net.from_trunk(x, parts, centers=centers)
+    for h in hooks:
+        h.remove()
+    assert [tuple(p.shape[:2]) for p in parts] == [(2, 5), (2, 6), (2, 6), (2, 2)]
+    assert torch.equal(again.logits, out.logits)
+    assert seen == [(0, 1), (0, 1)]  # once per call, the one item where organ 0 is active; organ 1 never
+    sos0, sos1 = out.extras["sos_logits"]
+    assert (sos0[1] == OUTSIDE_LOGIT).all() and (sos1 == OUTSIDE_LOGIT).all()
+    # skipping changes nothing that counts: the logits are those of every SOS-Net run on every item
+    snet_logits, feat, first, heatmaps = parts
+    full = []
+    for j, size in enumerate(net.roi_sizes):
+        starts = [r[j]["start"] for r in out.rois]
+        crop = torch.cat([crop_roi(feat, starts, size), crop_roi(first, starts, size), crop_roi(x, starts, size),
+                          crop_roi(heatmaps[:, j:j + 1], starts, size)], dim=1)
+        with torch.no_grad():
+            logit = net.sos[j](crop)
+        full.append(paste_roi(logit, starts, SHAPE[2:], fill=OUTSIDE_LOGIT))
+        if j == 0:
+            assert torch.allclose(sos0[0], logit[0], atol=1e-6)
+    expect = fuse_small_organs(snet_logits, torch.cat(full, 1), out.extras["roi_masks"], net.small_organs)
+    assert torch.allclose(out.logits, expect, atol=1e-6)
+    assert tiny_net(small_organs=[], roi_sizes=[]).trunk() is None
 
 
 def test_negative_centre_falls_back_to_heatmap_argmax():

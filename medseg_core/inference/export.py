@@ -59,38 +59,43 @@ def logits_only(net):
     return LogitsOnly(net)
 
 
-def export_onnx(net, window: tuple[int, ...], path: Path) -> None:
+def export_onnx(net, window: tuple[int, ...], path: Path, trunk: bool = False) -> None:
     """``net``'s class logits as ONNX (opset 17), batch and spatial sizes left free; ``window`` is
-    ``(C, *spatial)`` of the windows it will run. Tracing runs the network once, so it traces the
-    smallest input of the same kind: per axis the largest power of two dividing every side of the
-    window (the networks down-sample by two, so their total factor divides it), 32^3 for the
-    default model's 64 x 96 x 128 (a fine-tune's routed pair exported in 0.5 s instead of 4.0 s,
-    giving the same logits at the full window)."""
+    ``(C, *spatial)`` of the windows it will run. With ``trunk``, ``net.trunk()``'s outputs
+    instead (:meth:`~medseg_core.nets.base.SegNetwork.trunk`), named as it names them. Tracing
+    runs the network once, so it traces the smallest input of the same kind: per axis the largest
+    power of two dividing every side of the window (the networks down-sample by two, so their
+    total factor divides it), 32^3 for the default model's 64 x 96 x 128 (a fine-tune's routed
+    pair exported in 0.5 s instead of 4.0 s, giving the same logits at the full window)."""
     import torch
 
     g = math.gcd(*[int(s) for s in window[1:]])
     example = torch.zeros((1, int(window[0]), *[min(int(s), g & -g) for s in window[1:]]))
     free = {0: "batch", **{2 + i: f"s{i}" for i in range(len(window) - 1)}}
+    module = net.trunk() if trunk else logits_only(net)
+    names = list(module.outputs) if trunk else ["logits"]
     # float32 whatever the caller runs under: an export traced inside the predictor's bf16
     # autocast is a graph OpenVINO refuses (OpenVINO lowers the precision itself, by its hint)
     with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore")
-        torch.onnx.export(logits_only(net).eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
+        torch.onnx.export(module.eval(), (example,), str(path), input_names=["x"], output_names=names,
                           dynamic_axes={"x": free}, opset_version=17, dynamo=False)
 
 
-def export(net, window: tuple[int, ...], key: str, log: Callable[[str], None] | None = None, part: str = "") -> Path:
-    """The cached IR of ``net`` (its ``net.xml``), exported first if the cache lacks it."""
+def export(net, window: tuple[int, ...], key: str, log: Callable[[str], None] | None = None, part: str = "",
+           trunk: bool = False) -> Path:
+    """The cached IR of ``net`` (its ``net.xml``), exported first if the cache lacks it; with
+    ``trunk`` of ``net.trunk()`` (filed as the part "trunk")."""
     import openvino as ov
 
     def fill(tmp: Path) -> None:
         if log:
             log("exporting the network for OpenVINO (once per model; later runs read it from the cache)")
-        export_onnx(net, window, tmp / "net.onnx")
+        export_onnx(net, window, tmp / "net.onnx", trunk=trunk)
         ov.save_model(ov.Core().read_model(str(tmp / "net.onnx")), str(tmp / "net.xml"), compress_to_fp16=False)
         (tmp / "net.onnx").unlink()
 
-    return _publish(export_folder(key, len(window) - 1, part), fill)
+    return _publish(export_folder(key, len(window) - 1, "trunk" if trunk else part), fill)
 
 
 def adopt(xml: Path, key: str, nd: int, part: str = "") -> Path:

@@ -45,6 +45,39 @@ class Heads:
                    stride=int(spec.stride), center_prompt=bool(spec.center_prompt),
                    box_prompt=bool(spec.box_prompt))
 
+    def split(self, extra):
+        """The blended extra channels ``(count, *S)`` (an array) by name: ``confidence`` (the
+        sigmoid applied), ``heatmaps``, ``distances``."""
+        import numpy as np
+
+        out, i = {}, 0
+        if self.confidence:
+            out["confidence"] = 1.0 / (1.0 + np.exp(-extra[0]))
+            i = 1
+        if self.heatmaps:
+            out["heatmaps"] = extra[i:i + self.heatmaps]
+            i += self.heatmaps
+        if self.distances:
+            out["distances"] = extra[i:i + self.distances]
+        return out
+
+    def window_centers(self, centers: dict, starts, patch, spatial_dims: int):
+        """(B, K, nd) long tensor: the small organs' centres in each window's voxels (-1: the
+        organ's own heatmap peak), from ``centers`` {class value: (z, y, x) voxel of the whole
+        image}, for windows of ``patch`` starting at ``starts``. A 2D network's window is one
+        slice: every slice takes the point's in-plane position."""
+        import torch
+
+        nd, classes = spatial_dims, self.heatmap_classes
+        out = torch.full((len(starts), len(classes), nd), -1, dtype=torch.long)
+        for value, zyx in centers.items():
+            j = classes.index(value)
+            for b, start in enumerate(starts):
+                local = [int(round(c)) - s for c, s in zip(zyx, start)][-nd:]
+                if all(0 <= v < n for v, n in zip(local, patch[-nd:])):
+                    out[b, j] = torch.tensor(local)
+        return out
+
     def channels(self, out, size: tuple[int, ...]) -> list:
         """The extra channels of one window batch (tensors), at the window's size ``size``."""
         import torch

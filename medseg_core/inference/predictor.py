@@ -23,7 +23,8 @@ from .confidence import entropy_confidence
 from .device import resolve_device, surely_cpu, use_bf16
 from .heads import Heads
 from .regions import network_regions, physical_box_to_index
-from .runtime import OpenVinoWindows, RoutedWindows, cached_windows, choose, int8_windows, windows_for
+from .runtime import (OpenVinoWindows, RoutedWindows, TrunkWindows, cached_windows, choose, int8_windows,
+                      trunk_windows, windows_for)
 from .sliding_window import downsampling, fitted_patch, sliding_window_predict, stretched_patch
 
 FIT_MARGIN = 16
@@ -95,6 +96,8 @@ class Predictor:
         self._openvino: OpenVinoWindows | RoutedWindows | None = None  # built on the first window of the card's size
         self._memo: dict | None = None
         self._parent_windows: OpenVinoWindows | None = None  # a routed network's parent half, shared
+        self._has_trunk = False  # the network has a trunk (FocusNet), which OpenVINO runs
+        self._trunk_windows: TrunkWindows | None = None
         if not self._from_export(device, runtime):
             self._device = resolve_device(device)
             self.device_type = self._device.type
@@ -104,7 +107,8 @@ class Predictor:
             # there; on 33 HNOAR validation cases it changed the mean Dice by < 0.001, docs/results.md)
             self.amp = use_bf16(self._device)
             plain = not (self.heads.count or self.heads.center_prompt or self.heads.box_prompt)
-            self.runtime = choose(runtime, self.device_type, plain)
+            self._has_trunk = self._net.trunk() is not None
+            self.runtime = choose(runtime, self.device_type, plain or self._has_trunk)
         self.has_confidence_head = self.heads.confidence
         self.load_seconds = time.perf_counter() - t0
 
@@ -164,20 +168,30 @@ class Predictor:
         of each window, -1 where none)."""
         nd = self.card.spatial_dims  # a 2D net gets (B, C, 1, y, x) windows: it runs per slice
         x = to_net(batch, nd)
-        if self.runtime == "openvino" and centers is None:
+        if self.runtime == "openvino" and self._has_trunk:
+            trunk = self._openvino_trunk()
+            if trunk is not None and trunk.fits(x):
+                return from_net(self._torch_forward(x, centers, trunk), nd)
+        elif self.runtime == "openvino" and centers is None:
             windows = self._openvino_windows()
             if windows is not None and windows.fits(x):
                 return from_net(windows(x), nd)
         return from_net(self._torch_forward(x, centers), nd)
 
-    def _torch_forward(self, x: np.ndarray, centers=None) -> np.ndarray:
+    def _torch_forward(self, x: np.ndarray, centers=None, trunk: TrunkWindows | None = None) -> np.ndarray:
+        """The network's outputs for windows ``x`` by PyTorch; with ``trunk`` only what follows
+        the network's trunk, which OpenVINO runs."""
         import torch
 
         dev, net = self.device, self.net  # built outside inference mode: its weights must count their writes
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=self.amp and dev.type in ("cuda", "cpu")):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-            out = net(t) if centers is None else net(t, centers=centers)
+            prompts = {} if centers is None else {"centers": centers}
+            if trunk is not None:
+                out = net.from_trunk(t, [torch.from_numpy(p).to(dev) for p in trunk(x)], **prompts)
+            else:
+                out = net(t, **prompts)
             chans = [out.logits] + (self.heads.channels(out, tuple(t.shape[2:])) if self.heads.count else [])
             y = torch.cat([c.float() for c in chans], 1) if len(chans) > 1 else out.logits.float()
         return y.cpu().numpy()
@@ -187,7 +201,7 @@ class Predictor:
         (:meth:`OpenVinoWindows.weighted`), where OpenVINO runs this 3D network's windows in
         float32 and keeps no memo; else None, and the logits come back. (In bf16 OpenVINO would
         compute the softmax in bf16 too.)"""
-        if self.runtime != "openvino" or self.card.spatial_dims != 3:
+        if self.runtime != "openvino" or self.card.spatial_dims != 3 or self._has_trunk:
             return None
         windows = self._openvino_windows()
         if not isinstance(windows, OpenVinoWindows) or windows.bf16 or windows.memo is not None:
@@ -237,33 +251,17 @@ class Predictor:
                 return None
         return self._openvino
 
-    def _split_extras(self, extra: np.ndarray) -> dict:
-        out, i, h = {}, 0, self.heads
-        if h.confidence:
-            out["confidence"] = 1.0 / (1.0 + np.exp(-extra[0]))
-            i = 1
-        if h.heatmaps:
-            out["heatmaps"] = extra[i:i + h.heatmaps]
-            i += h.heatmaps
-        if h.distances:
-            out["distances"] = extra[i:i + h.distances]
-        return out
-
-    def _window_centers(self, centers: dict, starts, patch):
-        """(B, K, nd) centres of the small organs in each window's voxels (-1: the organ's own
-        heatmap peak), from ``centers`` {class value: (z, y, x) voxel of the whole image}. A 2D
-        network's window is one slice: every slice takes the point's in-plane position."""
-        import torch
-
-        nd, classes = self.card.spatial_dims, self.heads.heatmap_classes
-        out = torch.full((len(starts), len(classes), nd), -1, dtype=torch.long)
-        for value, zyx in centers.items():
-            j = classes.index(value)
-            for b, start in enumerate(starts):
-                local = [int(round(c)) - s for c, s in zip(zyx, start)][-nd:]
-                if all(0 <= v < n for v, n in zip(local, patch[-nd:])):
-                    out[b, j] = torch.tensor(local)
-        return out.to(self.device)
+    def _openvino_trunk(self) -> TrunkWindows | None:
+        """OpenVINO for the trunk of the card's windows, built once (:meth:`_openvino_windows`)."""
+        if self._trunk_windows is None:
+            try:
+                self._trunk_windows = trunk_windows(self.net, self.card, self._window(), self.amp,
+                                                    log=lambda m: self.progress("infer", 0.0, m))
+            except Exception as exc:  # an op OpenVINO or the exporter lacks: PyTorch runs it all
+                self.runtime = "torch"
+                self.progress("infer", 0.0, f"OpenVINO cannot run {self.card.name}'s trunk ({type(exc).__name__}); "
+                                            "PyTorch runs it")
+        return self._trunk_windows
 
     def predict_array(self, image: np.ndarray, tta: bool = False, fit: bool = False,
                       centers: dict | None = None) -> tuple[np.ndarray, dict, int]:
@@ -290,7 +288,8 @@ class Predictor:
         forward = self._forward
         if centers:
             def forward(batch, starts):
-                return self._forward(batch, self._window_centers(centers, starts, patch))
+                points = self.heads.window_centers(centers, starts, patch, self.card.spatial_dims)
+                return self._forward(batch, points.to(self.device))
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         n, extra = self.card.num_classes, self.heads.count
         weighted = None if centers or extra else self._weighted(patch)
@@ -302,7 +301,7 @@ class Predictor:
                 batch_size=self.batch_size, num_extra=extra, with_starts=bool(centers), weighted=weighted,
                 progress=lambda f, i=i: self.progress("infer", (i + f) / len(flips), f"pass {i + 1}/{len(flips)}"))
             if not dims and extra:
-                extras = self._split_extras(out[n:])
+                extras = self.heads.split(out[n:])
             out = out[:n]
             if dims:
                 out = np.flip(out, dims)
@@ -354,8 +353,9 @@ class Predictor:
         else:
             centers = {v: grid_index(pre.grid, p) for v, p in (centers_mm or {}).items()}
             probs, extras, passes = self.predict_array(pre.image, tta, fit=fit, centers=centers)
-        if self._openvino is not None:
-            self._openvino.release()
+        for windows in (self._openvino, self._trunk_windows):
+            if windows is not None:
+                windows.release()
         head = extras.get("confidence")
         if head is not None:
             head = head[0] if head.ndim == probs.ndim else head

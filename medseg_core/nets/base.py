@@ -6,16 +6,23 @@ encoder through these methods, instead of looking for paper-specific attribute n
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
 from torch import nn
 
-from .output import OutputHeads
+from .output import OutputHeads, SegOutput
 
 
 class SegNetwork(nn.Module):
-    """A segmentation network: ``forward(x) -> SegOutput``, plus two declarations.
+    """A segmentation network: ``forward(x) -> SegOutput``, plus its declarations.
 
-    Subclasses override :meth:`output_heads` when their output carries more than logits and
-    :meth:`encoder_modules` when they have an encoder that fine-tuning may freeze.
+    Subclasses override :meth:`output_heads` when their output carries more than logits,
+    :meth:`encoder_modules` when they have an encoder that fine-tuning may freeze, and
+    :meth:`trunk` with :meth:`from_trunk` when most of their work is a fixed graph of the input
+    followed by steps that depend on its values (FocusNet's crops around its heatmap peaks): a
+    runtime that runs fixed graphs only (OpenVINO, :mod:`medseg_core.inference.runtime`) then runs
+    the trunk and PyTorch the rest.
 
     ``channels_last_training``: a 3D network that computes the same, to float32 rounding, on
     channels-last input (``torch.channels_last_3d``), so fine-tuning on the CPU may run it so:
@@ -33,3 +40,13 @@ class SegNetwork(nn.Module):
     def encoder_modules(self) -> list[nn.Module]:
         """The modules fine-tuning freezes unless told to train everything (default: none)."""
         return []
+
+    def trunk(self) -> nn.Module | None:
+        """A module sharing this network's weights, ``x -> tuple of tensors`` (named by its
+        ``outputs`` attribute), whose result :meth:`from_trunk` completes into :meth:`forward`'s;
+        None (the default): no such split."""
+        return None
+
+    def from_trunk(self, x: torch.Tensor, parts: Sequence[torch.Tensor], **prompts) -> SegOutput:
+        """``forward(x, **prompts)`` given ``parts``, the :meth:`trunk`'s outputs for ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} has no trunk")
