@@ -92,15 +92,21 @@ def main() -> int:
 def write_with_rule(package: Path, largest: list[int], output: Path) -> None:
     """A copy of ``package`` whose card names ``largest`` (everything else byte for byte, the
     weights file too, so its SHA-256 still holds), written all or nothing."""
-    import shutil
-
-    from medseg_core.io.atomic import atomic_folder
-
     card = json.loads((package / "card.json").read_text())
     if largest:
         card["inference"]["largest_component"] = [int(v) for v in largest]
     else:
         card["inference"].pop("largest_component", None)
+    write_with_card(package, card, output)
+
+
+def write_with_card(package: Path, card: dict, output: Path) -> None:
+    """A copy of ``package`` with the card ``card`` (every other file byte for byte, the weights
+    too, so their SHA-256 still holds), written all or nothing."""
+    import shutil
+
+    from medseg_core.io.atomic import atomic_folder
+
     with atomic_folder(output) as tmp:
         for f in package.iterdir():
             if f.is_file() and f.name != "card.json":

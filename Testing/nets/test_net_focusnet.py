@@ -179,6 +179,23 @@ def test_the_trunk_then_from_trunk_is_forward_and_an_organ_not_found_runs_no_sos
     assert tiny_net(small_organs=[], roi_sizes=[]).trunk() is None
 
 
+def test_each_small_organ_may_have_its_own_heatmap_threshold():
+    net = tiny_net(heatmap_threshold=[0.4, 0.6])
+    force_heatmaps(net, 0.0)  # every heatmap reads 0.5: above the first organ's threshold, below the second's
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.randn(*SHAPE))
+    assert [[r["active"] for r in item] for item in out.rois] == [[True, False]] * 2
+    assert net.output_heads().threshold == (0.4, 0.6)
+    from medseg_core.inference.heads import Heads
+
+    heads = Heads.of(net)
+    assert [heads.threshold_of(k) for k in range(2)] == [0.4, 0.6]
+    assert Heads.of(tiny_net()).threshold_of(1) == 0.6  # one for all
+    with pytest.raises(ValueError, match="one per small organ"):
+        tiny_net(heatmap_threshold=[0.4, 0.5, 0.6])
+
+
 def test_negative_centre_falls_back_to_heatmap_argmax():
     net = tiny_net()
     out = net(torch.randn(*SHAPE), centers=torch.tensor([[[-1, -1, -1], [4, 5, 6]]] * 2))

@@ -23,7 +23,7 @@ class Heads:
     heatmaps: int = 0
     distances: int = 0
     heatmap_classes: list[int] = field(default_factory=list)  # the class of each heatmap channel
-    threshold: float = 0.5
+    threshold: float | list[float] = 0.5  # one for every heatmap or one each (:meth:`threshold_of`)
     roi_sizes: list[list[int]] = field(default_factory=list)  # FocusNet: ROI size per organ (voxels)
     stride: int = 1
     center_prompt: bool = False  # FocusNet: forward(x, centers=...) centres the SOS-Nets
@@ -41,9 +41,14 @@ class Heads:
         return cls(confidence=spec.confidence, heatmaps=len(spec.heatmap_classes),
                    distances=2 * int(net.spatial_dims) if spec.box_distances else 0,
                    heatmap_classes=list(spec.heatmap_classes),
-                   threshold=float(spec.threshold), roi_sizes=[list(r) for r in spec.roi_sizes],
+                   threshold=([float(t) for t in spec.threshold] if isinstance(spec.threshold, (tuple, list))
+                              else float(spec.threshold)), roi_sizes=[list(r) for r in spec.roi_sizes],
                    stride=int(spec.stride), center_prompt=bool(spec.center_prompt),
                    box_prompt=bool(spec.box_prompt))
+
+    def threshold_of(self, k: int) -> float:
+        """The presence threshold of heatmap channel ``k``."""
+        return float(self.threshold[k]) if isinstance(self.threshold, list) else float(self.threshold)
 
     def split(self, extra):
         """The blended extra channels ``(count, *S)`` (an array) by name: ``confidence`` (the

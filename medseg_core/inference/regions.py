@@ -147,11 +147,11 @@ def network_regions(heatmaps: np.ndarray, distances: np.ndarray | None, heads, g
     """
     regions = []
     for k in range(heatmaps.shape[0]):
-        hm = heatmaps[k]
+        hm, threshold = heatmaps[k], heads.threshold_of(k)
         if distances is None:
-            peaks = [np.unravel_index(int(np.argmax(hm)), hm.shape)] if hm.max() > heads.threshold else []
+            peaks = [np.unravel_index(int(np.argmax(hm)), hm.shape)] if hm.max() > threshold else []
         else:
-            cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((hm > heads.threshold).astype(np.uint8))))
+            cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((hm > threshold).astype(np.uint8))))
             peaks = []
             for c in range(1, int(cc.max()) + 1):
                 flat = np.where(cc.ravel() == c, hm.ravel(), -np.inf)
@@ -169,7 +169,7 @@ def network_regions(heatmaps: np.ndarray, distances: np.ndarray | None, heads, g
                 first = p.size - half.size
                 lo[first:], hi[first:] = p[first:] - half, p[first:] + half - 1
                 source = "heatmap"
-                shows = hm > heads.threshold
+                shows = hm > threshold
             else:
                 nd = distances.shape[0] // 2
                 first = p.size - nd

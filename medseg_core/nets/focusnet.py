@@ -122,7 +122,8 @@ class FocusNet(SegNetwork):
             ``2 * aspp_growth`` wide (64 there).
         sos_features: the two widths of each SOS-Net.
         heatmap_threshold: at inference a small organ is segmented by its SOS-Net only where its
-            heatmap peak exceeds this (0.6).
+            heatmap peak exceeds this (0.6); one for all small organs or one each (chosen on
+            the validation split by ``tools/choose_heatmap_thresholds.py``).
         heatmap_prior: initial heatmap value (SOL-Net output bias ``logit(prior)``).
         detach_sos_inputs: stop gradients from the SOS-Nets into the S-Net and SOL-Net (the
             public code's behaviour); default False (end to end, as the paper).
@@ -143,7 +144,7 @@ class FocusNet(SegNetwork):
     ``centers`` (teacher forcing in training) gives each organ's ground-truth centre voxel; an
     organ whose centre has a negative coordinate (absent from the patch) falls back to the
     heatmap argmax, as do all organs when ``centers`` is None. In training mode every organ's
-    SOS-Net result is fused; in eval mode only those whose heatmap peak exceeds
+    SOS-Net result is fused; in eval mode only those whose heatmap peak exceeds their
     ``heatmap_threshold``. ROIs may leave the volume: crops are zero-padded and only the inside
     part is pasted back.
     """
@@ -154,7 +155,7 @@ class FocusNet(SegNetwork):
                  pool_sizes: Sequence | None = None, blocks_per_level: int = 2, dilated_blocks: int = 2,
                  aspp_growth: int = 32,
                  aspp_rates: Sequence = ((1, 3, 3), (1, 6, 6), (1, 12, 12), (1, 18, 18)),
-                 sos_features: Sequence[int] = (16, 32), heatmap_threshold: float = 0.6,
+                 sos_features: Sequence[int] = (16, 32), heatmap_threshold: float | Sequence[float] = 0.6,
                  heatmap_prior: float = 0.1, detach_sos_inputs: bool = False,
                  norm: str = "batch", act: str = "relu"):
         super().__init__()
@@ -180,7 +181,11 @@ class FocusNet(SegNetwork):
         self.spatial_dims = spatial_dims
         self.small_organs = organs
         self.roi_sizes = rois
-        self.heatmap_threshold = float(heatmap_threshold)
+        if isinstance(heatmap_threshold, (int, float)):
+            heatmap_threshold = [heatmap_threshold] * len(organs)
+        if len(heatmap_threshold) != len(organs):
+            raise ValueError(f"need one heatmap threshold or one per small organ, got {list(heatmap_threshold)}")
+        self.heatmap_thresholds = [float(t) for t in heatmap_threshold]
         self.detach_sos_inputs = bool(detach_sos_inputs)
         self.snet = SNet(spatial_dims, in_channels, out_channels, features, pool_sizes, blocks_per_level,
                          dilated_blocks, aspp_growth, aspp_rates, norm, act)
@@ -243,7 +248,7 @@ class FocusNet(SegNetwork):
     # ---------------------------------------------------------------- forward
     def output_heads(self) -> OutputHeads:
         """SOL-Net heatmaps, one per small organ, and the region each SOS-Net segments."""
-        return OutputHeads(heatmap_classes=tuple(self.small_organs), threshold=self.heatmap_threshold,
+        return OutputHeads(heatmap_classes=tuple(self.small_organs), threshold=tuple(self.heatmap_thresholds),
                            roi_sizes=tuple(tuple(r) for r in self.roi_sizes), center_prompt=bool(self.small_organs))
 
     def forward(self, x: torch.Tensor, centers: torch.Tensor | None = None) -> SegOutput:
@@ -279,7 +284,7 @@ class FocusNet(SegNetwork):
             peaks = torch.where(given[..., None], centers, peaks)
         peaks_l, scores_l, given_l = peaks.tolist(), scores.tolist(), given.tolist()
         # a given centre (the ground truth's in training, a user's point at inference) is an organ found
-        active = [[self.training or g or s > self.heatmap_threshold for s, g in zip(row, grow)]
+        active = [[self.training or g or s > t for s, g, t in zip(row, grow, self.heatmap_thresholds)]
                   for row, grow in zip(scores_l, given_l)]
 
         srcs = [feat, first, x, heatmaps]

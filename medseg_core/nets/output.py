@@ -41,7 +41,8 @@ class OutputHeads:
             SOL-Net: its small organs; L-SNet: every foreground class, or ``[0]`` for one
             channel of any organ). Empty: no heatmaps.
         box_distances: ``SegOutput.boxes`` holds 2 x spatial_dims distances to the box sides (L-SNet).
-        threshold: the heatmap value above which an organ is taken as present.
+        threshold: the heatmap value above which an organ is taken as present, one for every
+            heatmap channel or one per channel (FocusNet's per-organ thresholds).
         roi_sizes: per heatmap channel, the region side in voxels the network segments (FocusNet).
         stride: the heatmaps' and distances' down-sampling (L-SNet: 4).
         box_prompt: ``forward(x, boxes=...)`` segments given boxes (L-SNet's S-Net on a user box).
@@ -52,7 +53,7 @@ class OutputHeads:
     confidence: bool = False
     heatmap_classes: tuple[int, ...] = ()
     box_distances: bool = False
-    threshold: float = 0.5
+    threshold: float | tuple[float, ...] = 0.5
     roi_sizes: tuple[tuple[int, ...], ...] = ()
     stride: int = 1
     box_prompt: bool = False
