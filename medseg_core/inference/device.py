@@ -57,14 +57,23 @@ def resolve_device(name: str = "auto"):
     raise InputError(f"--device {name}: unknown device (auto, cpu, cuda or mps)")
 
 
+ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+"""oneDNN's ``ONEDNN_MAX_CPU_ISA`` values that leave out its bf16 instructions."""
+
+
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
 
     There, bf16 about halves a convolution (measured: a 3D U-Net forward on four 64 x 96 x 128
     windows took 4.7 s in float32 and 2.3 s in bf16 on 2 cores; OpenVINO's window 0.24 s and 0.12 s);
-    elsewhere bf16 is emulated and slower than float32. ``MEDSEG_CPU_BF16=0`` turns it off.
+    elsewhere bf16 is emulated and slower than float32. ``MEDSEG_CPU_BF16=0`` turns it off, and so
+    does a oneDNN capped below bf16 (``ONEDNN_MAX_CPU_ISA=AVX2``, which PyTorch and OpenVINO obey:
+    how this project measures a CPU without AVX-512 on one that has it; OpenVINO, asked for bf16
+    there, could not build a deconvolution).
     """
     if os.environ.get("MEDSEG_CPU_BF16", "").strip() == "0":
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ONEDNN_ISAS_WITHOUT_BF16:
         return False
     try:
         with open("/proc/cpuinfo") as f:

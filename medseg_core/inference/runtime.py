@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import InputError
 from .export import (KEEP_EXPORTS, adopt, cache_root, export, export_folder, export_onnx,  # noqa: F401 - their API
                      logits_only, openvino_version)
+from .device import native_bf16_cpu
 from .routing import route_log_probs
 from .sliding_window import STRETCH, gaussian_importance
 
@@ -101,7 +102,7 @@ class OpenVinoWindows:
 
         self.xml = Path(xml)
         self.window = tuple(int(s) for s in window)
-        self.bf16 = bool(bf16)
+        self.bf16 = bool(bf16) and native_bf16_cpu()  # elsewhere OpenVINO computes float32 anyway
         self.memo: dict | None = None
         """Outputs of windows already run, by a digest of their input: read and filled by each
         call where set (``finetune`` shares the parent's with its copy's parent half)."""
