@@ -35,29 +35,6 @@ def test_without_openvino_auto_is_pytorch_and_asking_for_it_is_one_clear_error(m
         choose("openvino", "cpu", plain_logits=True)
 
 
-def test_bf16_is_native_only_where_the_cpu_has_it_and_onednn_is_not_capped_below_it(monkeypatch, tmp_path):
-    import builtins
-
-    from medseg_core.inference import device
-
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
-    for var in ("MEDSEG_CPU_BF16", "ONEDNN_MAX_CPU_ISA"):
-        monkeypatch.delenv(var, raising=False)
-    assert device.native_bf16_cpu()
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # PyTorch and OpenVINO then run without bf16
-    assert not device.native_bf16_cpu() and not device.use_bf16("cpu")
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert device.native_bf16_cpu()
-    monkeypatch.setenv("MEDSEG_CPU_BF16", "0")
-    assert not device.native_bf16_cpu()
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
-    monkeypatch.delenv("MEDSEG_CPU_BF16")
-    assert not device.native_bf16_cpu()
-
-
 needs_openvino = pytest.mark.skipif(runtime.openvino_version() is None,
                                     reason="OpenVINO is optional (pip install openvino onnx); PyTorch runs without it")
 
@@ -354,51 +331,3 @@ def test_a_predictor_started_from_the_export_builds_pytorch_for_a_fitted_window(
     crop = sitk.RegionOfInterest(image, [20, 20, 12], [10, 10, 4])
     out = pred.predict([crop], confidence=False, fit=True)  # a window smaller than the card's: PyTorch runs it
     assert pred._net is not None and out.probabilities.shape[1:] == out.grid.size[::-1]
-
-
-@needs_openvino
-def test_focusnets_trunk_runs_on_openvino_and_the_predictor_gives_pytorchs_result(tmp_path, monkeypatch):
-    import copy
-
-    from medseg_core.data.phantom import make_phantom
-    from medseg_core.inference.predictor import Predictor
-    from medseg_core.models import find_model, load_package, save_package
-    from medseg_core.models.card import NetworkSpec
-    from medseg_core.nets import build_network
-
-    monkeypatch.setenv("MEDSEG_CPU_BF16", "0")  # float32 both ways, wherever the test runs
-    card = copy.deepcopy(find_model("phantom-unet").card)
-    card.name, card.training = "tiny-focusnet2d", {}
-    card.network = NetworkSpec("focusnet", {"spatial_dims": 2, "in_channels": 1, "out_channels": card.num_classes,
-                                            "small_organs": [1, 2], "roi_sizes": [[12, 12], [12, 12]],
-                                            "heatmap_threshold": 0.0, "features": [6, 8], "aspp_growth": 4,
-                                            "sos_features": [4, 6]})
-    card.inference.patch_size = [32, 32]
-    torch.manual_seed(0)
-    net = build_network("focusnet", **card.network.kwargs).eval()
-    save_package(card, net.state_dict(), tmp_path / card.name)
-    pkg = load_package(tmp_path / card.name)
-    # the trunk's four outputs, one window at a time, equal PyTorch's
-    window = (1, 32, 32)
-    trunk = runtime.trunk_windows(net, pkg.card, window, bf16=False)
-    x = torch.randn(3, *window)
-    with torch.inference_mode():
-        ref = net.trunk()(x)
-    outs = trunk(x.numpy())
-    assert len(outs) == 4
-    for got, want in zip(outs, ref):
-        assert got.shape == tuple(want.shape) and np.allclose(got, want.numpy(), atol=1e-4)
-    # the predictor runs the trunk there and the SOS-Nets in PyTorch: PyTorch's result. The ROIs
-    # are placed by given points: an untrained SOL-Net's heatmaps are flat, their peaks ties that
-    # rounding may break either way
-    image = sitk.GetArrayFromImage(make_phantom(seed=3).image).astype(np.float32)[None] / 100.0
-    probs = {}
-    for rt in ("torch", "openvino"):
-        pred = Predictor(pkg, device="cpu", runtime=rt, batch_size=3)
-        assert pred.runtime == rt
-        probs[rt] = pred.predict_array(image[:, :9, :40, :36], centers={1: (4, 20, 18), 2: (4, 8, 30)})[0]
-    assert pred._trunk_windows is not None and pred._openvino is None  # no export of the whole network
-    assert np.abs(probs["openvino"] - probs["torch"]).max() < 1e-4
-    with torch.no_grad():  # trained in place: PyTorch runs it all from now on
-        next(pred.net.parameters()).add_(0.1)
-    assert not pred._trunk_windows.fits(np.zeros((1, *window), np.float32))
