@@ -1,5 +1,6 @@
 """Where the engine computes in bf16 on the CPU."""
 
+
 def test_bf16_is_native_only_where_the_cpu_has_it_and_onednn_is_not_capped_below_it(monkeypatch, tmp_path):
     import builtins
 
