@@ -88,6 +88,51 @@ def test_the_int8_network_runs_on_the_float32_path_only(int8_package, monkeypatc
     assert not windows.takes(window)
 
 
+@needs_openvino
+def test_a_correction_of_segments_int8_result_changes_only_the_organs_redrawn(tmp_path, monkeypatch):
+    """On the float32 path ``medseg segment`` runs the int8 network; a fine-tune must see that result,
+    or the organs the user accepted differ from its own pass and count as edited."""
+    import SimpleITK as sitk
+    import torch
+
+    from medseg_core.data.phantom import make_phantom
+    from medseg_core.inference.predictor import Predictor
+    from medseg_core.training.finetune import finetune
+
+    monkeypatch.setenv("MEDSEG_CPU_BF16", "0")
+    monkeypatch.setenv("MEDSEG_RUNTIME", "auto")  # as a user runs it: OpenVINO, with the int8 network
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
+    pkg = find_model("phantom-unet")
+    folder = tmp_path / "phantom-int8-other"
+    shutil.copytree(pkg.path, folder)
+    net = pkg.build("cpu").eval()
+    with torch.no_grad():  # an "int8" network that draws the boundaries a little differently, as a real one does
+        net.head.bias.add_(torch.linspace(-3.0, 3.0, net.head.bias.numel()))
+    window = (len(pkg.card.channels), *pkg.card.patch_size)
+    xml = runtime.export(net, window, "e8" * 32)
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile(xml.with_suffix(suffix), folder / f"openvino_int8{suffix}")
+    card = json.loads((folder / "card.json").read_text())
+    names = ("openvino_int8.xml", "openvino_int8.bin")
+    card["inference"]["int8"] = {"files": {n: sha256_file(folder / n) for n in names}}
+    (folder / "card.json").write_text(json.dumps(card))
+    image = make_phantom(seed=7).image
+    shown = Predictor(load_package(folder), device="cpu").predict([image], confidence=False).labels
+    float32 = Predictor(load_package(folder), device="cpu", int8=False).predict([image], confidence=False).labels
+    drawn = sitk.GetArrayFromImage(shown)
+    assert (drawn != sitk.GetArrayFromImage(float32)).sum() > 20  # the two networks differ, as int8 and float32 do
+    z = np.nonzero(drawn == 3)[0]
+    drawn[: int(np.median(z))][drawn[: int(np.median(z))] == 3] = 1  # the user: the tumour's top half is liver
+    correction = sitk.GetImageFromArray(drawn)
+    correction.CopyInformation(shown)
+    sitk.WriteImage(image, str(tmp_path / "ph.nii.gz"))
+    sitk.WriteImage(correction, str(tmp_path / "ph_fixed.nii.gz"))
+    res = finetune(str(folder), [(tmp_path / "ph.nii.gz", tmp_path / "ph_fixed.nii.gz")], steps=1, name="ph-ft",
+                   device="cpu")
+    edited = sorted(n for n, row in res.per_label.items() if row["edited"])
+    assert edited == ["Liver", "Tumour"]
+
+
 def test_a_fine_tuned_card_does_not_inherit_its_parents_int8_network():
     from medseg_core.training.finetune_card import new_card
 
