@@ -13,7 +13,6 @@ The card's post-processing (``inference.largest_component``) is applied in every
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from choose_postprocessing import _median, write_with_card  # noqa: E402
+from choose_postprocessing import _median, validation_arguments, validation_cases, write_with_card  # noqa: E402
 
 
 def main() -> int:
@@ -36,16 +35,17 @@ def main() -> int:
     from medseg_core.metrics import dice, hd95
     from medseg_core.models import find_model
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="hn-oar-focusnet")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "HNOAR"))
+    ap = validation_arguments(__doc__, "hn-oar-focusnet", "write the model with the chosen thresholds here")
     ap.add_argument("--thresholds", default="0.6,0.4,0.2,0.1", help="candidate thresholds, comma-separated")
-    ap.add_argument("--cases", type=int, default=0, help="the first N validation cases (0: all)")
-    ap.add_argument("--output", help="write the model with the chosen thresholds here (a new package folder)")
     a = ap.parse_args()
-    data = Path(a.data)
-    cases = json.loads((data / "splits.json").read_text())["validation"]
-    cases = cases[: a.cases] if a.cases else cases
+    try:
+        candidates = sorted({float(t) for t in a.thresholds.split(",")}, reverse=True)
+    except ValueError:
+        candidates = []
+    if not candidates or not all(0 < t < 1 for t in candidates):
+        print(f"--thresholds {a.thresholds}: give heatmap values between 0 and 1, comma-separated", file=sys.stderr)
+        return 2
+    data, cases = Path(a.data), validation_cases(Path(a.data), a.cases)
     pkg = find_model(a.model)
     kwargs = pkg.card.network.kwargs
     organs = [int(v) for v in kwargs.get("small_organs", [])]
@@ -88,7 +88,6 @@ def main() -> int:
               flush=True)
         return out
 
-    candidates = sorted({float(t) for t in a.thresholds.split(",")}, reverse=True)
     runs = {t: score([t] * len(organs)) for t in candidates}
     chosen = []
     for j, v in enumerate(organs):

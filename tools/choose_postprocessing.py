@@ -32,15 +32,9 @@ def main() -> int:
     from medseg_core.metrics import dice, hd95
     from medseg_core.models import find_model
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="hn-oar-unet")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "HNOAR"))
-    ap.add_argument("--cases", type=int, default=0, help="the first N validation cases (0: all)")
-    ap.add_argument("--output", help="write the model with the chosen rule here (a new package folder)")
+    ap = validation_arguments(__doc__, "hn-oar-unet", "write the model with the chosen rule here")
     a = ap.parse_args()
-    data = Path(a.data)
-    cases = json.loads((data / "splits.json").read_text())["validation"]
-    cases = cases[: a.cases] if a.cases else cases
+    data, cases = Path(a.data), validation_cases(Path(a.data), a.cases)
     pkg = find_model(a.model)
     card = copy.deepcopy(pkg.card)
     card.inference.largest_component = []  # score the network's own output
@@ -87,6 +81,24 @@ def main() -> int:
         write_with_rule(pkg.path, chosen, Path(a.output))
         print(f"wrote {a.output}")
     return 0
+
+
+def validation_arguments(doc: str, model: str, output_help: str) -> argparse.ArgumentParser:
+    """The options the tools that choose a card's setting on the validation split share: ``--model``,
+    ``--data``, ``--cases``, ``--output``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--model", default=model)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "HNOAR"))
+    ap.add_argument("--cases", type=int, default=0, help="the first N validation cases (0: all)")
+    ap.add_argument("--output", help=f"{output_help} (a new package folder)")
+    return ap
+
+
+def validation_cases(data: Path, first: int = 0) -> list[str]:
+    """The validation cases of the nnU-Net dataset ``data`` (its ``splits.json``), the first
+    ``first`` of them where that is not 0."""
+    cases = json.loads((data / "splits.json").read_text())["validation"]
+    return cases[:first] if first else cases
 
 
 def write_with_rule(package: Path, largest: list[int], output: Path) -> None:

@@ -68,6 +68,8 @@ def test_the_int8_network_runs_on_the_float32_path_only(int8_package, monkeypatc
     image = make_phantom(seed=5).image
     pred = Predictor(int8_package, device="cpu", runtime="openvino")
     assert pred._openvino.int8 and pred._net is None  # no PyTorch needed for it either
+    pred.remember_windows({})  # never shared with another network: nothing is kept
+    assert pred._openvino.memo is None
     got = pred.predict([image], confidence=False).probabilities
     monkeypatch.setenv("MEDSEG_INT8", "0")  # off: the float export of the weights
     plain = Predictor(int8_package, device="cpu", runtime="openvino")

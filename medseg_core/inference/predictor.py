@@ -210,10 +210,12 @@ class Predictor:
 
     def remember_windows(self, memo: dict | None) -> None:
         """Keep the outputs of the windows OpenVINO runs in ``memo`` (by a digest of their input)
-        and take them from there when a window comes again (a routed network's parent half only)."""
+        and take them from there when a window comes again (a routed network's parent half only).
+        The package's int8 network keeps none: no other network gives its numbers, so its windows
+        are never shared (:meth:`share_windows`) and digesting and copying them would be waste."""
         self._memo = memo
         if self._openvino is not None:
-            self._openvino.memo = memo
+            self._openvino.memo = None if getattr(self._openvino, "int8", False) else memo
 
     def share_windows(self, parent: Predictor) -> bool:
         """Before this predictor runs: where its network is routed and the parent half is
@@ -243,7 +245,7 @@ class Predictor:
                 self._openvino = self._int8_windows(self.net) or windows_for(
                     self.net, self.card, window, self.amp, log=lambda m: self.progress("infer", 0.0, m),
                     parent=self._parent_windows)
-                self._openvino.memo = self._memo
+                self._openvino.memo = None if getattr(self._openvino, "int8", False) else self._memo
             except Exception as exc:  # an op OpenVINO or the exporter lacks: PyTorch runs it
                 self.runtime = "torch"
                 self.progress("infer", 0.0, f"OpenVINO cannot run {self.card.name} ({type(exc).__name__}); "

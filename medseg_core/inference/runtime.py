@@ -225,15 +225,15 @@ class TrunkWindows(OpenVinoWindows):
     """A network's trunk (:meth:`~medseg_core.nets.base.SegNetwork.trunk`) for windows of one
     shape, computed by OpenVINO: all its outputs, which the network's
     :meth:`~medseg_core.nets.base.SegNetwork.from_trunk` completes in PyTorch. FocusNet's 2D
-    S-Net and SOL-Net ran a 96 x 128 slice in 0.03 s here against PyTorch's 0.07-0.10 s (AVX2,
-    float32; docs/results.md). No memo, no weighted graph."""
+    S-Net and SOL-Net ran a 96 x 128 slice in 33 ms against PyTorch's 57-72 ms (AVX2, float32,
+    ``benchmarks/model_runtimes.py``; docs/results.md). No memo, no weighted graph."""
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """(B, C, *spatial) windows -> the trunk's outputs, each (B, n, *spatial) float32, one
         window at a time (OpenVINO ran eight slices one by one in 0.22 s, as a batch in 0.41 s)."""
         outs: list[np.ndarray] = []
+        request = self._request(tuple(x.shape[1:]))
         for i in range(x.shape[0]):
-            request = self._request(tuple(x.shape[1:]))
             request.infer([np.ascontiguousarray(x[i:i + 1], dtype=np.float32)], share_inputs=True)
             ys = [t.data[0] for t in request.output_tensors]
             if not outs:

@@ -309,7 +309,6 @@ class FocusNet(SegNetwork):
         extras.update(sos_logits=sos_logits, sos_pasted=sos_full, roi_masks=active_masks)
         return SegOutput(logits=logits, heatmaps=heatmaps, rois=rois, extras=extras)
 
-
     def _sos(self, j: int, srcs, run: list[int], starts, size, b: int) -> torch.Tensor:
         """(B, 1, *size) logits of small organ ``j``'s SOS-Net on the batch items ``run`` (ROIs at
         ``starts``); the other items, inactive organs in eval mode whose result the fusion ignores,

@@ -22,8 +22,8 @@ both (:class:`~medseg_core.nets.routed.RoutedNetwork`): the organs edited in the
 an earlier generation) take the copy's probabilities, the others keep the parent's, so the organs the user
 accepted do not drift on new patients (``route``; ``blend`` still interpolates the copy's weights toward the
 parent, WiSE-FT's way, off by default). Dice is measured again on the package as stored (its parent half's
-windows are the parent's, from the first pass) before it is renamed into place: an error or an interruption
-leaves nothing behind.
+windows are the parent's, from the first pass, unless that pass ran the package's int8 network) before it is
+renamed into place: an error or an interruption leaves nothing behind.
 
 The recipe was chosen on ``hn-oar-unet``, 2 CPU threads (``benchmarks/finetune.py``, then the clinic styles of
 ``benchmarks/adaptation.py``; figures in ``docs/results.md``): 12 steps for one case, 15 a case for several (at
