@@ -27,7 +27,10 @@ takes about 2 minutes, ``--styles margin --k 1,3,5 --new 4 --chain 5`` about 12 
 twice as long).
 
     python benchmarks/adaptation.py [--styles margin,cut,merge,tiny] [--k 1,3,5] [--new 6] [--chain 0]
-                                    [--style-the-model]
+                                    [--singles 1] [--style-the-model]
+
+``--singles N`` fine-tunes K = 1 N times, each on one of the first N validation cases, and reports
+their mean: one case's share of a small gap swings widely with the case and the precision.
 
 ``--style-the-model`` draws each correction as the style applied to the model's own result (its
 parotids grown, its cord cut or merged into its brainstem) instead of the styled organs redrawn
@@ -130,6 +133,8 @@ def main() -> int:
     ap.add_argument("--fit-cases", type=int, default=5,
                     help="validation cases kept for corrections (at least max K and --chain); the new ones follow")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--singles", type=int, default=1,
+                    help="K = 1 fine-tuned this many times, each on one of the first fit cases; their mean is reported")
     ap.add_argument("--style-the-model", action="store_true",
                     help="corrections apply the style to the model's own result (its brainstem grown into its cord, "
                          "...) instead of redrawing the styled organs from the reference contours")
@@ -155,7 +160,7 @@ def main() -> int:
     ks = [int(k) for k in a.k.split(",")]
     extra = json.loads(a.finetune_args)
     val = json.loads((DATA / "splits.json").read_text())["validation"]
-    n_fit = max(ks + [a.chain, a.fit_cases])
+    n_fit = max(ks + [a.chain, a.fit_cases, a.singles])
     fit_cases, new_cases = val[:n_fit], val[n_fit:n_fit + a.new]
     parent_pkg = find_model(MODEL)
     values = {lab.name: lab.value for lab in parent_pkg.card.labels}
@@ -215,25 +220,38 @@ def main() -> int:
             print(f"\n{style} ({', '.join(STYLED[style])}): parent styled {base['styled']:.4f}, unstyled "
                   f"{base['unstyled']:.4f} (gap {gap:.4f}), others {base['others']:.4f}", flush=True)
             for k in ks:
-                t = time.perf_counter()
-                res = finetune(MODEL, [(DATA / "imagesTr" / f"{c}_0000.nii.gz", paths[c]) for c in fit_cases[:k]],
-                               steps=a.steps, name=f"{style}-k{k}", device="cpu", **extra)
-                seconds = time.perf_counter() - t
-                ft = find_model(str(res.package_dir)).card.training["finetune"]
-                ev = evaluate(str(res.package_dir))
-                closed = (ev["styled"] - base["styled"]) / gap if gap > 0 else float("nan")
-                entry["k"][k] = {**ev, "closed": closed, "others_change": ev["others"] - base["others"],
+                # K = 1 with --singles N: N one-case fine-tunes, each on its own case (one case's share
+                # of a small gap swings widely; their mean says what one correction teaches)
+                fits = [[c] for c in fit_cases[:a.singles]] if k == 1 and a.singles > 1 else [fit_cases[:k]]
+                runs = []
+                for fit in fits:
+                    t = time.perf_counter()
+                    res = finetune(MODEL, [(DATA / "imagesTr" / f"{c}_0000.nii.gz", paths[c]) for c in fit],
+                                   steps=a.steps, name=f"{style}-k{k}-{fit[0]}", device="cpu", **extra)
+                    seconds = time.perf_counter() - t
+                    ft = find_model(str(res.package_dir)).card.training["finetune"]
+                    ev = evaluate(str(res.package_dir))
+                    closed = (ev["styled"] - base["styled"]) / gap if gap > 0 else float("nan")
+                    runs.append({**ev, "closed": closed, "others_change": ev["others"] - base["others"],
                                  "seconds": seconds, "seconds_per_case": seconds / k, "steps": ft["steps"],
                                  "seconds_by_stage": ft["seconds_by_stage"], "precision": ft["precision"],
-                                 "routed": ft.get("routed")}
-                print(f"  K={k}: styled {ev['styled']:.4f} ({share(closed)}), others "
-                      f"{ev['others']:.4f} ({ev['others'] - base['others']:+.4f}), {seconds:.0f} s "
-                      f"({seconds / k:.0f} s a case)", flush=True)
-                print(f"    {ft['steps']} steps, {ft['precision']}, routed {ft.get('routed')}; seconds by stage: "
-                      + ", ".join(f"{n} {v:.1f}" for n, v in ft["seconds_by_stage"].items()), flush=True)
-                print("    per organ, change: " + ", ".join(  # an organ no new case has gets no figure, not "+nan"
-                    f"{n} {v - base['per_organ'][n]:+.3f}" if np.isfinite(v - base["per_organ"][n])
-                    else f"{n} (in no new case)" for n, v in ev["per_organ"].items()), flush=True)
+                                 "routed": ft.get("routed"), "cases": fit})
+                    print(f"  K={k} ({', '.join(fit) if k <= 3 else f'{fit[0]}...'}): styled {ev['styled']:.4f} "
+                          f"({share(closed)}), others {ev['others']:.4f} ({ev['others'] - base['others']:+.4f}), "
+                          f"{seconds:.0f} s ({seconds / k:.0f} s a case)", flush=True)
+                    print(f"    {ft['steps']} steps, {ft['precision']}, routed {ft.get('routed')}; seconds by stage: "
+                          + ", ".join(f"{n} {v:.1f}" for n, v in ft["seconds_by_stage"].items()), flush=True)
+                    print("    per organ, change: " + ", ".join(  # an organ no new case has gets no figure, not "+nan"
+                        f"{n} {v - base['per_organ'][n]:+.3f}" if np.isfinite(v - base["per_organ"][n])
+                        else f"{n} (in no new case)" for n, v in ev["per_organ"].items()), flush=True)
+                entry["k"][k] = {key: float(np.mean([r[key] for r in runs]))
+                                 for key in ("styled", "closed", "others_change", "seconds_per_case")}
+                entry["k"][k]["runs"] = runs
+                if len(runs) > 1:
+                    c = [r["closed"] for r in runs]
+                    print(f"  K={k}, {len(runs)} single cases: mean {share(float(np.mean(c)))} (from "
+                          f"{100 * min(c):.0f} % to {100 * max(c):.0f} %), others "
+                          f"{np.mean([r['others_change'] for r in runs]):+.4f}", flush=True)
             parent = MODEL
             for g in range(a.chain):
                 fix = correction(parent, fit_cases[g], f"gen{g + 1}")  # on what this generation drew
@@ -249,8 +267,10 @@ def main() -> int:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for style, e in results["styles"].items():
             for k, r in e["k"].items():
-                print(f"| {style} | {', '.join(e['organs'])} | {k} | {r['styled']:.4f} ({e['parent']['styled']:.4f}) | "
-                      f"{share(r['closed'], table=True)} | {r['others_change']:+.4f} | {r['seconds_per_case']:.0f} |")
+                k_ = f"{k} (mean of {len(r['runs'])})" if len(r["runs"]) > 1 else k
+                print(f"| {style} | {', '.join(e['organs'])} | {k_} | {r['styled']:.4f} "
+                      f"({e['parent']['styled']:.4f}) | {share(r['closed'], table=True)} | "
+                      f"{r['others_change']:+.4f} | {r['seconds_per_case']:.0f} |")
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1, default=float))
         return 0
