@@ -1,6 +1,7 @@
 """The papers' training procedures: FocusNet's stages, L-SNet's alternation, DAN's adversarial
 confidence learning -- what each step updates, the targets they build, and end-to-end runs."""
 
+import functools
 import json
 import math
 
@@ -255,3 +256,84 @@ def test_finetune_distils_only_where_the_parent_agrees_with_the_target():
     assert not expected[0, 0, 0, 0] and expected[0, 0, 0, 1] and not expected[0, 1, 1, 1]
     extra = recipe.loss(out, target, annotated) - plain.loss(out, target, annotated)
     torch.testing.assert_close(extra, 2.0 * masked_kl_divergence(logits, teacher, expected))
+
+
+def _patch_teacher_case():
+    """A fresh copy of :func:`_trained_patch_teacher_case` (trained once)."""
+    import copy
+
+    return copy.deepcopy(_trained_patch_teacher_case())
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_patch_teacher_case(seed=0):
+    """A small network trained to draw three classes by intensity, an image, and a whole-volume
+    'parent pass' that disagrees with what the network draws on the patch: a slab it calls
+    background called class 1 (as a window and a patch may disagree), and a block the user
+    edited to class 2."""
+    torch.manual_seed(seed)
+    net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=3, features=(4, 8, 16), norm="instance")
+    x = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 20, 20), 5, stride=1) * 5  # (1, 1, 16, 16, 16)
+    drawn = (x[:, 0] > 0.6).long() + 2 * (x[:, 0] < -0.6).long()
+    plain, opt = build_recipe("dice_ce"), torch.optim.AdamW(net.parameters(), lr=1e-2)
+    net.train()
+    for _ in range(60):
+        plain.train_step(net, x, drawn, torch.ones(1, 3, dtype=torch.bool), opt, _no_autocast)
+    with torch.no_grad():
+        own = net.eval()(x).logits.argmax(1)
+    window = torch.nn.functional.one_hot(own, 3).permute(0, 4, 1, 2, 3).float()
+    slab = torch.zeros_like(own, dtype=torch.bool)
+    slab[:, 2:6] = True
+    slab &= own == 0
+    window[:, :, slab.squeeze(0)] = torch.tensor([0.0, 1.0, 0.0])[:, None]
+    target = window.argmax(1)
+    block = torch.zeros_like(slab)
+    block[:, 10:14, 4:8, 4:8] = True
+    block &= own != 2
+    target[block] = 2
+    return net, x, own, window, target, slab, block
+
+
+@pytest.mark.parametrize("patch_teacher", [True, False])
+def test_finetune_patch_teacher_distils_nothing_before_the_first_step(patch_teacher):
+    """On the patch the frozen copy and the network agree at the start, so the distillation term
+    is zero and the accepted voxels' target is the network's own answer: the loss is the plain
+    Dice + CE against that answer (with the whole-volume pass as teacher, it is more)."""
+    net, x, own, window, target, slab, block = _patch_teacher_case()
+    annotated = torch.ones(1, 3, dtype=torch.bool)
+    recipe = build_recipe("finetune", distill=1.0, freeze_encoder=False, patch_teacher=patch_teacher)
+    recipe.attach(net, None)
+    recipe.soft_targets = window
+    loss = recipe.train_step(net, x, target, annotated, torch.optim.SGD(net.parameters(), lr=0.0), _no_autocast)
+    plain = build_recipe("finetune", distill=0.0)
+    with torch.no_grad():
+        expected = plain.loss(net(x), torch.where(block, target, own), annotated)
+    if patch_teacher:
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    else:
+        assert loss > expected + 0.01
+
+
+def test_finetune_patch_teacher_learns_the_edit_and_not_the_window_mismatch():
+    """Trained on the case above against its own answer on the patch, the network learns the
+    user's block and leaves every other voxel as it drew it; the whole-volume teacher teaches the
+    slab it never drew on the patch instead (and the block only half)."""
+    moved = {}
+    for patch_teacher in (True, False):
+        net, x, own, window, target, slab, block = _patch_teacher_case()
+        annotated = torch.ones(1, 3, dtype=torch.bool)
+        recipe = build_recipe("finetune", distill=1.0, freeze_encoder=False, patch_teacher=patch_teacher)
+        recipe.attach(net, None)
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+        net.train()
+        for _ in range(40):
+            recipe.soft_targets = window
+            recipe.train_step(net, x, target, annotated, opt, _no_autocast)
+        recipe.detach(net)
+        with torch.no_grad():
+            now = net.eval()(x).logits.argmax(1)
+        moved[patch_teacher] = float((now[slab] == 1).float().mean())
+        if patch_teacher:
+            rest = ~slab & ~block
+            assert (now[block] == 2).float().mean() > 0.8 and (now[rest] == own[rest]).float().mean() > 0.99
+    assert moved[True] < 0.1 < 0.6 < moved[False], moved

@@ -14,8 +14,9 @@ measured on the model grid, over the annotated labels present in each correction
 on patches of these cases (half of the patch centres on voxels the user changed, the rest on the organs the
 new model answers for, :class:`~medseg_core.data.sampling.PatchSampler`) by the
 ``finetune`` recipe: Dice + CE aware of ``annotated``, deep supervision, the encoder frozen by default, and
-the parent's probabilities distilled on every voxel the correction accepts (``distill``; mirroring is then
-off, since the probabilities would have to follow it); through the training loop's one step
+on every voxel the correction accepts, what the network drew on that same patch before training (a frozen
+copy runs beside it: ``patch_teacher``) as the label and as probabilities to distil (``distill``; the whole
+volume's pass only says which voxels the user changed, and mirroring is off); through the training loop's one step
 (:class:`~medseg_core.training.loop.TrainingLoop`), AdamW, warm-up then polynomial decay. The steps follow the
 correction's size (:func:`steps_for`). The trained network is a copy of the parent, and the new package holds
 both (:class:`~medseg_core.nets.routed.RoutedNetwork`): the organs edited in these corrections (or routed by
@@ -125,7 +126,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
              lr: float | None = None, name: str | None = None, device: str = "auto",
              progress: Callable[..., None] | None = None, train_all: bool = False, seed: int = 0,
              patch_size: Sequence[int] | None = None, force: bool = False, distill: float | None = None,
-             anchor: float | None = None, blend: float | None = None, route: bool = True) -> FinetuneResult:
+             anchor: float | None = None, blend: float | None = None, route: bool = True,
+             patch_teacher: bool = True) -> FinetuneResult:
     """Fine-tune ``model`` on corrected cases and save the result as a new user model.
 
     Args:
@@ -154,6 +156,9 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
             an earlier generation's) with the fine-tuned weights and leaves every other organ to
             the parent (:class:`~medseg_core.nets.routed.RoutedNetwork`: the package holds both);
             False: one network, fine-tuned as a whole.
+        patch_teacher: the accepted voxels are taught what the network drew on the same patch
+            before training (the ``finetune`` recipe's ``patch_teacher``), not the whole-volume
+            pass's labels and probabilities; needs ``distill`` above zero.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -222,7 +227,8 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
 
         t = time.perf_counter()
         net = _routed(pred.net, parent) if route else pred.net
-        knobs = {"distill": distill, "anchor": anchor, "train_all": train_all, "batch": batch,  # routed organs:
+        knobs = {"distill": distill, "anchor": anchor, "train_all": train_all, "batch": batch,
+                 "patch_teacher": patch_teacher,  # and the routed organs:
                  "fg_classes": sorted(set(net.routed) | {v for c in prepared for v in c.routed}) if route else None}
         trainee = net.tuned if isinstance(net, RoutedNetwork) else net
         optimiser_import.join()  # imported beside the parent's pass
@@ -246,7 +252,7 @@ def finetune(model: str, cases: list[tuple[str | Path, str | Path]], steps: int 
         record = {
             "cases": [c.record for c in prepared], "steps": steps, "voxels_changed": changed, "lr": lr,
             "batch_size": batch, "patch_size": list(patch), "encoder_frozen": bool(recipe.frozen), "seed": seed,
-            "distill": distill, "anchor": anchor, "blend": float(blend),
+            "distill": distill, "anchor": anchor, "blend": float(blend), "patch_teacher": bool(patch_teacher),
             "routed": [names[v] for v in net.routed] if route else None,
             "seconds": None, "seconds_by_stage": None, "device": str(pred.device),
             "threads": torch.get_num_threads() if pred.device.type == "cpu" else None,
@@ -353,7 +359,7 @@ def _train(pred: Predictor, net: torch.nn.Module, cases: list[_Case], parent_pre
     axes, swap = pred.mirror if soft is None else ([], [])
     augment = Augmenter(axes, swap, seed=seed + 1)
     recipe = build_recipe("finetune", freeze_encoder=not knobs["train_all"], distill=knobs["distill"],
-                          anchor=knobs["anchor"])
+                          anchor=knobs["anchor"], patch_teacher=knobs.get("patch_teacher", True))
     layout = to_training_layout(net, dev, card.spatial_dims)
     recipe.attach(net, None)
     opt = torch.optim.AdamW(recipe.parameters(net), lr=lr, weight_decay=_weight_decay(card))
