@@ -73,7 +73,8 @@ def steps_for(changed: int, cases: int = 1) -> int:
     ``STEPS_PER_CASE_SEVERAL`` each (at most ``MAX_STEPS``) whatever their size: the same change
     on several patients is a style (three cases of the adaptation benchmark's merge style, tens of
     voxels each (hn_201's: 63), closed 15 % of its gap in the 16 steps their size gave, 76 % in 30
-    and 126 % in 45; the organs the copy does not answer for moved by at most 0.0002 either way).
+    and 126 % in 45, before the patch teacher; the organs the copy does not answer for moved by at
+    most 0.0002 either way).
 
     >>> steps_for(5000), steps_for(1000), steps_for(250), steps_for(30)
     (12, 12, 8, 8)
