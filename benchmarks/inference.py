@@ -67,9 +67,11 @@ def child_env(threads: int | None) -> dict:
 
 
 def end_to_end(path: Path, device: str, threads: int | None, batch_size: int, model: str = MODEL,
-               command: list[str] | None = None) -> dict:
+               command: list[str] | None = None, reference: Path | None = None) -> dict:
     """One fresh ``medseg segment`` process (or ``command``, given an output file as its last
-    argument, printing its stage seconds as JSON): its seconds, wall seconds and peak RSS (bytes)."""
+    argument, printing its stage seconds as JSON): its seconds, wall seconds and peak RSS (bytes);
+    with ``reference`` (a labelmap of ``medseg segment``'s labels) also the mean Dice of what it
+    wrote against it, over the labels the reference holds (``dice``)."""
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
         out, log, time_file = Path(tmp) / "out", Path(tmp) / "log.txt", Path(tmp) / "time.txt"
         if command is None:
@@ -99,8 +101,24 @@ def end_to_end(path: Path, device: str, threads: int | None, batch_size: int, mo
             report = json.loads(next(out.glob("*_report.json")).read_text())
         else:
             report = json.loads(log.read_text().strip().splitlines()[-1])
+        dice = None if reference is None or command is not None else _mean_dice(
+            next(out.glob("*_labels.nii.gz")), reference)
     return {"seconds": report["seconds"], "wall_seconds": round(wall, 3),
-            "peak_rss_bytes": rss_kib * 1024, "peak_rss_source": source}
+            "peak_rss_bytes": rss_kib * 1024, "peak_rss_source": source, "dice": dice}
+
+
+def _mean_dice(labels: Path, reference: Path) -> float:
+    """Mean Dice over the labels ``reference`` holds (the project's :func:`dice_per_value`)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medseg_core.metrics.overlap import dice_per_value
+
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
+    values = [int(v) for v in np.unique(b) if v != 0]
+    d = dice_per_value(a, b, values)
+    return float(np.nanmean(list(d.values()) if isinstance(d, dict) else d))
 
 
 def compare_sliding_window(paths: dict[str, Path], device: str, repeats: int, batch_size: int) -> dict:

@@ -2,7 +2,9 @@
 in fresh processes with ``MEDSEG_RUNTIME=torch`` and ``auto`` (OpenVINO where it can run the
 model: the whole network, or its trunk as for FocusNet), alternating, ``--rounds`` each; then,
 where the network has a trunk (:meth:`~medseg_core.nets.base.SegNetwork.trunk`), one window of it
-in PyTorch and in OpenVINO, one window at a time (median seconds of 20).
+in PyTorch and in OpenVINO, one window at a time (median seconds of 20). The Dice of each
+runtime's result against the case's reference contours is printed beside its time: the two must
+agree (an export traced at a small input once made PGD-UNet fast on OpenVINO and wrong, Dice 0.01).
 
 Prints the CPU and the path (bf16 where native, else float32; ``MEDSEG_CPU_BF16=0`` forces
 float32, ``ONEDNN_MAX_CPU_ISA=AVX2`` emulates a CPU without AVX-512), every wall time, the medians
@@ -84,19 +86,26 @@ def main(argv=None) -> int:
         print(f"{path}: not found (the benchmark needs ../shared/data)")
         return 1
     walls: dict[str, list[float]] = {"torch": [], "auto": []}
+    dices: dict[str, list[float]] = {"torch": [], "auto": []}
+    reference = DATA / "HNOAR" / "labelsTr" / f"{args.case}.nii.gz"
     saved = os.environ.get("MEDSEG_RUNTIME")
     try:
         for r in range(args.rounds):
             for runtime in (("torch", "auto") if r % 2 == 0 else ("auto", "torch")):
                 os.environ["MEDSEG_RUNTIME"] = runtime
-                res = end_to_end(path, "cpu", args.threads, args.batch_size, model=args.model)
+                res = end_to_end(path, "cpu", args.threads, args.batch_size, model=args.model, reference=reference)
                 walls[runtime].append(res["wall_seconds"])
-                print(f"  {runtime:5s} {res['wall_seconds']:6.2f} s  stages {res['seconds']}", flush=True)
+                dices[runtime].append(res["dice"])
+                print(f"  {runtime:5s} {res['wall_seconds']:6.2f} s  Dice {res['dice']:.4f}  stages {res['seconds']}",
+                      flush=True)
     finally:
         os.environ.pop("MEDSEG_RUNTIME", None) if saved is None else os.environ.update(MEDSEG_RUNTIME=saved)
     med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"{args.model} on {args.case}, batch {args.batch_size}, fresh processes: torch median {med['torch']:.2f} s, "
           f"auto median {med['auto']:.2f} s, ratio auto/torch {med['auto'] / med['torch']:.2f}")
+    # the runtimes must agree: an export that froze a size-dependent constant once ran fast and wrong
+    print(f"mean Dice against {reference.name}: torch {dices['torch'][0]:.4f}, auto {dices['auto'][0]:.4f} "
+          f"(difference {dices['auto'][0] - dices['torch'][0]:+.4f})")
     trunk = trunk_seconds(args.model, args.threads)
     if trunk:
         print(f"one window of the trunk: PyTorch {trunk['torch'] * 1e3:.1f} ms, "

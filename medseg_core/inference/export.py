@@ -5,6 +5,7 @@ processes read it in a few hundredths of a second without importing PyTorch."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -30,10 +31,27 @@ def cache_root() -> Path:
     return (Path(home) if home else Path.home() / ".medseg") / "cache" / "openvino"
 
 
+EXPORT_FORMAT = 2
+"""Part of every export's folder name: format 1 traced every network at a small input, which
+froze PGD-UNet's and LFAM's size-dependent constants (their Dice on HNOAR fell to 0.01 and 0.27);
+those exports are not read again."""
+TRACED = "traced.json"
+"""Beside an export traced at its window (a network that does not trace at any size): that window,
+the only one its graph computes right (:class:`~medseg_core.inference.runtime.OpenVinoWindows`)."""
+
+
 def export_folder(key: str, spatial_dims: int, part: str = "") -> Path:
     """Where the export of the weights ``key`` (their SHA-256) lives in the cache; ``part``: which
     network of a routed package ("base", "tuned")."""
-    return cache_root() / f"{key[:24]}{'-' + part if part else ''}-{spatial_dims}d-ov{openvino_version()}"
+    return cache_root() / (f"{key[:24]}{'-' + part if part else ''}-{spatial_dims}d-x{EXPORT_FORMAT}"
+                           f"-ov{openvino_version()}")
+
+
+def traced_window(xml: Path) -> tuple[int, ...] | None:
+    """The one window ``(C, *spatial)`` the export ``xml`` was traced at and computes right, or
+    None where it computes any size (:attr:`~medseg_core.nets.base.SegNetwork.traces_at_any_size`)."""
+    f = Path(xml).parent / TRACED
+    return tuple(int(n) for n in json.loads(f.read_text())["window"]) if f.is_file() else None
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -59,18 +77,26 @@ def logits_only(net):
     return LogitsOnly(net)
 
 
+def traces_at_any_size(net) -> bool:
+    """Whether ``net``'s traced graph computes every input size right
+    (:attr:`~medseg_core.nets.base.SegNetwork.traces_at_any_size`)."""
+    return bool(getattr(net, "traces_at_any_size", False))
+
+
 def export_onnx(net, window: tuple[int, ...], path: Path, trunk: bool = False) -> None:
     """``net``'s class logits as ONNX (opset 17), batch and spatial sizes left free; ``window`` is
     ``(C, *spatial)`` of the windows it will run. With ``trunk``, ``net.trunk()``'s outputs
     instead (:meth:`~medseg_core.nets.base.SegNetwork.trunk`), named as it names them. Tracing
-    runs the network once, so it traces the smallest input of the same kind: per axis the largest
+    runs the network once at the window; a network that traces at any size
+    (:func:`traces_at_any_size`) is traced at the smallest input of the same kind: per axis the largest
     power of two dividing every side of the window (the networks down-sample by two, so their
     total factor divides it), 32^3 for the default model's 64 x 96 x 128 (a fine-tune's routed
     pair exported in 0.5 s instead of 4.0 s, giving the same logits at the full window)."""
     import torch
 
     g = math.gcd(*[int(s) for s in window[1:]])
-    example = torch.zeros((1, int(window[0]), *[min(int(s), g & -g) for s in window[1:]]))
+    small = [min(int(s), g & -g) for s in window[1:]] if traces_at_any_size(net) else list(window[1:])
+    example = torch.zeros((1, int(window[0]), *small))
     free = {0: "batch", **{2 + i: f"s{i}" for i in range(len(window) - 1)}}
     module = net.trunk() if trunk else logits_only(net)
     names = list(module.outputs) if trunk else ["logits"]
@@ -94,6 +120,8 @@ def export(net, window: tuple[int, ...], key: str, log: Callable[[str], None] | 
         export_onnx(net, window, tmp / "net.onnx", trunk=trunk)
         ov.save_model(ov.Core().read_model(str(tmp / "net.onnx")), str(tmp / "net.xml"), compress_to_fp16=False)
         (tmp / "net.onnx").unlink()
+        if not traces_at_any_size(net):
+            (tmp / TRACED).write_text(json.dumps({"window": [int(n) for n in window]}))
 
     return _publish(export_folder(key, len(window) - 1, "trunk" if trunk else part), fill)
 
@@ -102,7 +130,9 @@ def adopt(xml: Path, key: str, nd: int, part: str = "") -> Path:
     """The export ``xml`` (of the same network, bit for bit) filed also under ``key``'s ``part``:
     a fine-tune's parent half is its parent, exported already."""
     def fill(tmp: Path) -> None:
-        for name in ("net.xml", "net.bin"):
+        for name in ("net.xml", "net.bin", TRACED):
+            if not (Path(xml).parent / name).is_file():
+                continue
             try:
                 os.link(Path(xml).parent / name, tmp / name)
             except OSError:  # another file system, or no hard links: a copy

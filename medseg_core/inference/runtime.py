@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from .export import (KEEP_EXPORTS, adopt, cache_root, export, export_folder, export_onnx,  # noqa: F401 - their API
+from .export import (KEEP_EXPORTS, adopt, cache_root, export, export_folder, export_onnx, traced_window,  # noqa: F401 - their API
                      logits_only, openvino_version)
 from .device import native_bf16_cpu
 from .routing import route_log_probs
@@ -102,6 +102,7 @@ class OpenVinoWindows:
 
         self.xml = Path(xml)
         self.window = tuple(int(s) for s in window)
+        self.exact = traced_window(xml)  # the one window an export traced at its window computes right
         self.bf16 = bool(bf16) and native_bf16_cpu()  # elsewhere OpenVINO computes float32 anyway
         self.memo: dict | None = None
         """Outputs of windows already run, by a digest of their input: read and filled by each
@@ -170,7 +171,7 @@ class OpenVinoWindows:
         window = tuple(int(n) for n in window)
         stretched = len(window) == len(self.window) and window[0] == self.window[0] and all(
             w <= n <= w * (1 + STRETCH) for w, n in zip(self.window[1:], window[1:]))
-        if not stretched or window in self._refused:
+        if not stretched or window in self._refused or (self.exact is not None and window != self.exact):
             return False
         if self.net is not None and _weights_stamp(self._tensors) != self.stamp:
             return False

@@ -32,6 +32,11 @@ class SegNetwork(nn.Module):
     """
 
     channels_last_training: bool = False
+    traces_at_any_size: bool = False
+    """The graph traced for one input size computes every other size right (no size-dependent
+    constants: CoordConv's coordinates and the deformable convolutions' sampling grids are not),
+    so an export may trace it at a small input and run it at stretched windows. Off by default:
+    an export is then traced at the window and runs only there (``inference/export.py``)."""
 
     def output_heads(self) -> OutputHeads:
         """The extra outputs beside ``logits`` (default: none)."""

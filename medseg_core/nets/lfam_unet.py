@@ -130,6 +130,8 @@ class LFAMUNet(UNet):
         input (B, in_channels, *S) -> ``SegOutput.logits`` (B, out_channels, *S), any S.
     """
 
+    traces_at_any_size = False  # the deformable alignment's sampling grid follows the input size
+
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128, 128), strides: Sequence | None = None,
                  norm: str = "instance", act: str = "leakyrelu", residual: bool = False,

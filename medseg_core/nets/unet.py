@@ -172,6 +172,7 @@ class UNet(UNetBody, SegNetwork):
     """
 
     channels_last_training = True
+    traces_at_any_size = True
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128, 256), strides: Sequence | None = None,
